@@ -1,0 +1,36 @@
+// Every engine tunable is declared once here, with its name, default, range
+// and doc. The command line and (later) cluster.toml bind to these
+// declarations; nothing else reads the environment or invents defaults.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace troupe {
+
+/// One integer tunable.
+struct tunable {
+  const char* name;   ///< command-line spelling without "--", and config key
+  int64_t value;      ///< the default, or the value once set
+  int64_t min;
+  int64_t max;
+  const char* doc;
+};
+
+/// The engine's tunables with their defaults.
+struct engine_tunables {
+  tunable threads{"threads", 0, 0, 1024, "CPU threads for kernels and OpenBLAS (0 = all cores)"};
+  tunable kv_page_size{"kv-page-size", 16, 1, 4096, "tokens per KV-cache page"};
+  tunable kv_cache_mib{"kv-cache-mib", 1024, 1, int64_t{1} << 22, "memory for the paged KV cache, in MiB"};
+  tunable chunked_prefill_size{"chunked-prefill-size", 512, 1, int64_t{1} << 20,
+                               "most prompt tokens one forward step processes"};
+
+  /// All of them, for binding and validation.
+  std::vector<tunable*> all() { return {&threads, &kv_page_size, &kv_cache_mib, &chunked_prefill_size}; }
+};
+
+/// Empty when every value is inside its range, else a message naming the first one outside.
+std::string tunables_validate(engine_tunables& t);
+
+}  // namespace troupe

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package that building, running and testing troupe need.
+# Idempotent: packages already present are skipped, and `apt-get update` runs at
+# most once per invocation (only when something is missing).
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libcaf-dev                 # actors (CAF 0.17)
+  libucx-dev ucx-utils       # transport
+  libmsgpack-cxx-dev         # wire format
+  libspdlog-dev libfmt-dev   # logging
+  doctest-dev                # tests
+  libtomlplusplus-dev        # config
+  libboost-dev               # Beast/Asio (header-only), msgpack adaptors
+  nlohmann-json3-dev         # JSON (config.json, HTTP bodies)
+  libcli11-dev               # command line
+  libpcre2-dev               # tokenizer pre-tokenization
+  libopenblas-dev            # CPU GEMM
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,49 @@
+// Rotary position embedding, NeoX/HF layout (rotate_half: dimension i pairs
+// with i + rotary_dim/2), with the scaling types transformers implements for
+// Llama-family models: default, linear, llama3 and yarn. Frequencies are
+// computed once per model (rope_inv_freq); the kernel turns position x
+// inv_freq into cos/sin on the fly, as transformers does in fp32.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace troupe {
+
+/// RoPE scaling type.
+enum class rope_type : uint8_t { rope_default, rope_linear, rope_llama3, rope_yarn };
+
+/// RoPE parameters as a checkpoint's config gives them (rope_parameters or
+/// the legacy rope_theta + rope_scaling).
+struct rope_scaling {
+  rope_type type = rope_type::rope_default;
+  double theta = 10000.0;
+  double factor = 1.0;                      ///< linear, llama3, yarn
+  double low_freq_factor = 1.0;             ///< llama3
+  double high_freq_factor = 4.0;            ///< llama3
+  int64_t original_max_position = 0;        ///< llama3, yarn (0: max_position_embeddings)
+  double attention_factor = 0.0;            ///< yarn: 0 = derive from factor / mscale
+  double beta_fast = 32.0;                  ///< yarn
+  double beta_slow = 1.0;                   ///< yarn
+  double mscale = 0.0;                      ///< yarn (0 = unset)
+  double mscale_all_dim = 0.0;              ///< yarn (0 = unset)
+  bool truncate = true;                     ///< yarn
+};
+
+/// Inverse frequencies (rotary_dim / 2 of them) and the scale applied to cos/sin.
+struct rope_table {
+  std::vector<float> inv_freq;
+  float attention_scaling = 1.0f;
+};
+
+/// Computes the table for a head of `rotary_dim` dims exactly as transformers'
+/// rope init functions do (fp32 frequencies). max_position_embeddings is the
+/// model's, used where the scaling type needs it.
+rope_table rope_inv_freq(const rope_scaling& s, int64_t rotary_dim, int64_t max_position_embeddings);
+
+/// Rotates x in place: x is [n_tokens][n_heads][head_dim] fp32, token t at
+/// position pos[t]. The whole head_dim is rotated (rotary_dim == head_dim).
+void rope_apply(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* pos,
+                const rope_table& table);
+
+}  // namespace troupe
