@@ -160,7 +160,9 @@ TEST_CASE("safetensors: tensor-level defects name the tensor") {
   SUBCASE("missing dtype") { expect_invalid(one("\"w.bad\":{\"shape\":[1],\"data_offsets\":[0,4]}"), "'w.bad'"); }
   SUBCASE("missing shape") { expect_invalid(one("\"w.bad\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}"), "'w.bad'"); }
   SUBCASE("missing data_offsets") { expect_invalid(one("\"w.bad\":{\"dtype\":\"F32\",\"shape\":[1]}"), "'w.bad'"); }
-  SUBCASE("dtype not a string") { expect_invalid(one("\"w.bad\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,4]}"), "'w.bad'"); }
+  SUBCASE("dtype not a string") {
+    expect_invalid(one("\"w.bad\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,4]}"), "'w.bad'");
+  }
   SUBCASE("shape not an array") { expect_invalid(one(entry("w.bad", "F32", "\"1\"", "[0,4]")), "'w.bad'"); }
   SUBCASE("shape entry a float") { expect_invalid(one(entry("w.bad", "F32", "[1.0]", "[0,4]")), "'w.bad'"); }
   SUBCASE("shape entry a string") { expect_invalid(one(entry("w.bad", "F32", "[\"1\"]", "[0,4]")), "'w.bad'"); }
@@ -186,7 +188,9 @@ TEST_CASE("safetensors: tensor-level defects name the tensor") {
   }
   SUBCASE("byte count does not match shape") { expect_invalid(one(entry("w.bad", "F32", "[3]", "[0,16]")), "'w.bad'"); }
   SUBCASE("unsupported dtype names it") { expect_invalid(one(entry("w.bad", "I64", "[1]", "[0,8]")), "'I64'"); }
-  SUBCASE("unsupported dtype names the tensor") { expect_invalid(one(entry("w.bad", "F64", "[1]", "[0,8]")), "'w.bad'"); }
+  SUBCASE("unsupported dtype names the tensor") {
+    expect_invalid(one(entry("w.bad", "F64", "[1]", "[0,8]")), "'w.bad'");
+  }
   SUBCASE("overlapping ranges") {
     expect_invalid(one(entry("w.first", "F32", "[4]", "[0,16]") + "," + entry("w.bad", "F32", "[4]", "[8,24]")),
                    "'w.bad'");
