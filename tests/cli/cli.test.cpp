@@ -1,0 +1,122 @@
+// The troupe command as a user runs it: a real process, real files, exit codes
+// and messages.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cstring>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct run_result {
+  int code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string slurp(const std::string& path);
+
+run_result run(const std::string& args) {
+  const std::string err_file = (std::filesystem::temp_directory_path() / "troupe_cli_stderr.txt").string();
+  const std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>" + err_file;
+  run_result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = slurp(err_file);
+  return r;
+}
+
+std::string fixture(const std::string& name) { return std::string(TROUPE_FIXTURES) + "/" + name; }
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+std::string greedy_golden(const std::string& name) {
+  const std::string g = slurp(fixture(name) + "/golden.json");
+  const size_t a = g.find('[', g.find("\"greedy\"")), b = g.find(']', a);
+  std::string ids;
+  for (char c : g.substr(a + 1, b - a - 1))
+    if (!std::isspace(static_cast<unsigned char>(c))) ids += c;
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("cli: troupe logits writes float32 [n_tokens x vocab] matching transformers") {
+  const std::string out = (std::filesystem::temp_directory_path() / "troupe_cli_logits.f32").string();
+  const run_result r = run("logits --model " + fixture("llama") + " --prompt-ids-file " + fixture("llama") +
+                           "/prompt.txt --out " + out + " --chunked-prefill-size 48");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const std::string got = slurp(out), want = slurp(fixture("llama") + "/logits.f32");
+  REQUIRE(got.size() == want.size());
+  REQUIRE(got.size() == 144u * 384u * 4u);
+  std::vector<float> a(got.size() / 4), b(want.size() / 4);
+  std::memcpy(a.data(), got.data(), got.size());
+  std::memcpy(b.data(), want.data(), want.size());
+  float err = 0, mx = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::abs(a[i] - b[i]));
+    mx = std::max(mx, std::abs(b[i]));
+  }
+  CHECK(err <= 1e-3f * mx);
+  std::filesystem::remove(out);
+}
+
+TEST_CASE("cli: troupe generate prints transformers' greedy ids; seeds reproduce") {
+  for (const char* name : {"llama", "qwen3"}) {
+    CAPTURE(name);
+    const std::string ids = first_line(slurp(fixture(name) + "/prompt.txt"));
+    const run_result r = run("generate --model " + fixture(name) + " --prompt-ids " + ids +
+                             " --max-tokens 32 --temperature 0 --ignore-eos");
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    CHECK(first_line(r.out) == greedy_golden(name));
+  }
+  const std::string base = "generate --model " + fixture("mistral") + " --prompt-ids 5,6,7,8 --max-tokens 24 --temperature 1.0 --top-p 0.95 --top-k 50 --ignore-eos";
+  const run_result a = run(base + " --seed 7"), b = run(base + " --seed 7"), c = run(base + " --seed 8");
+  REQUIRE(a.code == 0);
+  CHECK(first_line(a.out) == first_line(b.out));
+  CHECK(first_line(a.out) != first_line(c.out));
+  CHECK(std::count(a.out.begin(), a.out.begin() + static_cast<long>(first_line(a.out).size()), ',') == 23);
+}
+
+TEST_CASE("cli: bad input ends with a clear error, not a crash") {
+  run_result r = run("generate --model /nonexistent/model --prompt-ids 1,2");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("/nonexistent/model") != std::string::npos);
+  r = run("generate --model " + fixture("llama") + " --prompt-ids 1,x,3");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("'x' is not a token id") != std::string::npos);
+  r = run("generate --model " + fixture("llama") + " --prompt-ids 1,99999");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("invalid_argument") != std::string::npos);
+  r = run("generate --model " + fixture("llama") + " --prompt-ids 1,2 --top-p 1.5");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("top_p") != std::string::npos);
+  r = run("generate --model " + fixture("llama") + " --prompt-ids 1,2 --kv-page-size 0");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--kv-page-size") != std::string::npos);
+  r = run("logits --model " + fixture("llama") + " --prompt-ids-file /nonexistent/ids --out /tmp/x");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("/nonexistent/ids") != std::string::npos);
+  r = run("frobnicate");
+  CHECK(r.code != 0);
+}
