@@ -1,10 +1,10 @@
-// One knob for CPU parallelism: the OpenMP team of the kernels and OpenBLAS's
-// own threads are set together so they never oversubscribe the cores.
+// One knob for CPU parallelism: the kernels' OpenMP team. OpenBLAS is kept
+// single-threaded and called from inside that team, so there is one pool.
 #pragma once
 
 namespace troupe {
 
-/// Sets the number of CPU threads the kernels and OpenBLAS use; 0 = all cores.
+/// Sets the number of CPU threads the kernels use; 0 = all cores.
 void cpu_threads_set(int n);
 
 /// The number of CPU threads the kernels use.

@@ -1,11 +1,12 @@
-// CPU GEMM. f32 weights go straight to OpenBLAS sgemm. bf16/f16 weights are
-// widened to fp32 panel by panel (a few MiB, reused) and each panel is one
-// sgemm, so the widening costs 1/m of the multiply and no fp32 copy of the
-// model is ever held. For m <= 4 (decode) a threaded dot-product loop over the
+// CPU GEMM through OpenBLAS sgemm. bf16/f16 weights are widened to fp32
+// panel by panel (a few MiB per thread, reused) and each panel is one sgemm,
+// so the widening costs 1/m of the multiply and no fp32 copy of the model is
+// ever held. For m <= 4 (decode) a threaded dot-product loop over the
 // narrow weights reads each weight byte once and beats convert + sgemm.
 #include "kernels/matmul.hpp"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <vector>
@@ -37,20 +38,33 @@ void matmul_small(const float* x, int64_t m, const weight_ref& w, float* y) {
   }
 }
 
-void matmul_panels(const float* x, int64_t m, const weight_ref& w, float* y) {
+// Each thread owns a contiguous slice of output columns (weight rows) and
+// runs single-threaded sgemm on it, widening narrow weights panel by panel
+// into its own buffer: one thread team (OpenMP) for everything, no second
+// pool of OpenBLAS threads competing for the same cores.
+void matmul_parallel(const float* x, int64_t m, const weight_ref& w, float* y) {
   const int64_t n = w.rows, k = w.cols;
-  const int64_t panel_rows = std::max<int64_t>(16, std::min<int64_t>(n, panel_floats / std::max<int64_t>(k, 1)));
   const size_t row_bytes = static_cast<size_t>(k) * dtype_size(w.type);
-  std::vector<float> panel(static_cast<size_t>(panel_rows * k));
-  for (int64_t j0 = 0; j0 < n; j0 += panel_rows) {
-    const int64_t rows = std::min(panel_rows, n - j0);
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < rows; ++j)
-      convert_to_f32(w.type, static_cast<const std::byte*>(w.data) + (j0 + j) * row_bytes, panel.data() + j * k,
-                     static_cast<size_t>(k));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(rows),
-                static_cast<int>(k), 1.0f, x, static_cast<int>(k), panel.data(), static_cast<int>(k), 0.0f, y + j0,
-                static_cast<int>(n));
+  const bool narrow = w.type != dtype::dtype_f32;
+#pragma omp parallel if (m * n * k > 131072)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+    const int64_t begin = std::min(n, id * per), end = std::min(n, begin + per);
+    const int64_t panel_rows = std::max<int64_t>(16, panel_floats / std::max<int64_t>(k, 1));
+    std::vector<float> panel(narrow ? static_cast<size_t>(std::min(panel_rows, std::max<int64_t>(end - begin, 0)) * k) : 0);
+    for (int64_t j0 = begin; j0 < end; j0 += panel_rows) {
+      const int64_t rows = std::min(panel_rows, end - j0);
+      const float* wp = static_cast<const float*>(w.data) + j0 * k;
+      if (narrow) {
+        convert_to_f32(w.type, static_cast<const std::byte*>(w.data) + j0 * row_bytes, panel.data(),
+                       static_cast<size_t>(rows * k));
+        wp = panel.data();
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(rows),
+                  static_cast<int>(k), 1.0f, x, static_cast<int>(k), wp, static_cast<int>(k), 0.0f, y + j0,
+                  static_cast<int>(n));
+    }
   }
 }
 
@@ -58,14 +72,10 @@ void matmul_panels(const float* x, int64_t m, const weight_ref& w, float* y) {
 
 void matmul(const float* x, int64_t m, const weight_ref& w, const weight_ref* bias, float* y) {
   if (m <= 0 || w.rows <= 0) return;
-  if (w.type == dtype::dtype_f32 && m > small_m) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(w.rows),
-                static_cast<int>(w.cols), 1.0f, x, static_cast<int>(w.cols), static_cast<const float*>(w.data),
-                static_cast<int>(w.cols), 0.0f, y, static_cast<int>(w.rows));
-  } else if (m <= small_m) {
+  if (m <= small_m) {
     matmul_small(x, m, w, y);
   } else {
-    matmul_panels(x, m, w, y);
+    matmul_parallel(x, m, w, y);
   }
   if (bias != nullptr) {
     std::vector<float> b(static_cast<size_t>(w.rows));

@@ -295,6 +295,10 @@ TEST_CASE("NaN and infinite logits do not crash") {
   p.min_p = 0.1f;
   sampler hot(p, 4, {});
   for (int i = 0; i < 50; ++i) CHECK(hot.sample(std::vector<float>{0.0f, inf, 3.0f, nan}) == 1);
+  sampler two_hot(seeded(9), 3, {});
+  const auto f = frequencies(two_hot, std::vector<float>{inf, 5.0f, inf}, 2000);
+  CHECK(f[1] == 0.0);
+  CHECK(std::abs(f[0] - 0.5) < 0.05);
 
   // A short row counts its missing entries as -inf.
   sampler shortrow(seeded(1), 10, {});
