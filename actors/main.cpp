@@ -17,6 +17,7 @@
 
 #include "config/errors.hpp"
 #include "config/tunables.hpp"
+#include "kernels/device.hpp"
 #include "kernels/threads.hpp"
 #include "model/generate.hpp"
 #include "model/model.hpp"
@@ -103,6 +104,19 @@ int run_generate(const std::string& dir, const std::string& ids_text, generate_o
   return 0;
 }
 
+int run_devices() {
+  std::string note;
+  const std::vector<device_info> devs = devices_list(&note);
+  for (const device_info& d : devs) {
+    std::printf("%s:%d  %s  %.1f GiB  %d %s", d.kind.c_str(), d.index, d.name.c_str(),
+                static_cast<double>(d.memory_bytes) / (1u << 30), d.cores, d.kind == "cpu" ? "threads" : "SMs");
+    if (d.compute_capability) std::printf("  sm_%d", d.compute_capability);
+    std::printf("\n");
+  }
+  if (devs.size() == 1 && !note.empty()) std::printf("(%s)\n", note.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,9 +149,12 @@ int main(int argc, char** argv) {
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "do not stop at the model's eos token");
   add_tunables(gen_cmd, tun);
 
+  auto* devices_cmd = app.add_subcommand("devices", "list the CPU and the CUDA devices troupe can use");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (std::string bad = tunables_validate(tun); !bad.empty()) throw error(errc::errc_invalid_argument, bad);
+    if (*devices_cmd) return run_devices();
     cpu_threads_set(static_cast<int>(tun.threads.value));
     if (*logits_cmd) return run_logits(model_dir, ids_file, out_file, tun);
     if (seed >= 0) gen.sampling.seed = static_cast<uint64_t>(seed);

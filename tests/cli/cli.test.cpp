@@ -120,3 +120,9 @@ TEST_CASE("cli: bad input ends with a clear error, not a crash") {
   r = run("frobnicate");
   CHECK(r.code != 0);
 }
+
+TEST_CASE("cli: troupe devices lists the CPU first, and GPUs only when present") {
+  const run_result r = run("devices");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out.rfind("cpu:0", 0) == 0);
+}
