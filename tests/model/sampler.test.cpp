@@ -172,12 +172,12 @@ TEST_CASE("top-p on a large vocabulary sorts past the first prefix and breaks ti
   p.top_p = 0.5f;
   sampler s(p, vocab, {});
   std::map<int32_t, int> seen;
-  for (int i = 0; i < 3000; ++i) ++seen[s.sample(logits)];
+  for (int i = 0; i < 1000; ++i) ++seen[s.sample(logits)];
   for (const auto& [t, n] : seen) {
     CHECK(logits[static_cast<size_t>(t)] == 0.0f);
     CHECK(t <= top[499]);
   }
-  CHECK(seen.size() > 400);
+  CHECK(seen.size() > 350);  // ~432 of the 500 expected
 }
 
 TEST_CASE("min-p drops tokens below min_p times the top probability") {
