@@ -88,3 +88,26 @@ TEST_CASE("fidelity: greedy continuation of 32 tokens equals transformers'") {
     CHECK(kv.free_pages() == 64);  // generate frees its sequence
   }
 }
+
+TEST_CASE("fidelity: the demo model matches transformers (logits and greedy continuation)") {
+  const std::string dir = std::string(TROUPE_FIXTURES) + "/../../models/demo";
+  const std::string gdir = std::string(TROUPE_FIXTURES) + "/demo";
+  const nlohmann::json g = nlohmann::json::parse(std::ifstream(gdir + "/golden.json"));
+  const auto prompt = g["prompt"].get<std::vector<int32_t>>();
+  std::ifstream lf(gdir + "/golden_logits.f32", std::ios::binary);
+  std::vector<float> want(prompt.size() * 4096);
+  lf.read(reinterpret_cast<char*>(want.data()), static_cast<std::streamsize>(want.size() * 4));
+  REQUIRE(lf.gcount() == static_cast<std::streamsize>(want.size() * 4));
+  model m = model::load(dir);
+  REQUIRE(m.config().vocab_size == 4096);
+  const std::vector<float> ours = prompt_logits(m, prompt, 3);
+  const float err = max_abs_diff(ours, want);
+  MESSAGE("demo: max |logit error| " << err);
+  CHECK(err <= 1e-3f * g["max_abs_logit"].get<float>());
+  kv_cache kv(m.kv_config(16, 8));
+  generate_options opt;
+  opt.max_tokens = 32;
+  opt.ignore_eos = true;
+  opt.sampling.temperature = 0.0f;
+  CHECK(generate(m, kv, 1, prompt, opt).tokens == g["greedy"].get<std::vector<int32_t>>());
+}
