@@ -45,7 +45,8 @@ generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const in
   generate_result r;
   r.finish_reason = "length";
   sampler s(opt.sampling, m.config().vocab_size, prompt);
-  const auto& eos = m.config().eos_token_ids;
+  std::vector<int32_t> eos = m.config().eos_token_ids;
+  eos.insert(eos.end(), opt.eos_token_ids.begin(), opt.eos_token_ids.end());
   std::vector<float> logits;
   auto t0 = std::chrono::steady_clock::now();
   errc e = prefill(m, kv, seq, prompt, opt.chunk_size, nullptr, &logits);

@@ -19,6 +19,7 @@ struct generate_options {
   int64_t max_tokens = 16;
   int64_t chunk_size = 512;      ///< prefill chunk length (tokens per forward step)
   bool ignore_eos = false;       ///< keep going past the model's eos ids
+  std::vector<int32_t> eos_token_ids;  ///< stop ids besides the config's (generation_config, tokenizer)
   sampling_params sampling;
 };
 
