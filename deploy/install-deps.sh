@@ -16,6 +16,7 @@ packages=(
   nlohmann-json3-dev         # JSON (config.json, HTTP bodies)
   libcli11-dev               # command line
   libpcre2-dev               # tokenizer pre-tokenization
+  libutf8proc-dev            # tokenizer Unicode normalization (NFC, NFKC) and categories
   libopenblas-dev            # CPU GEMM
 )
 
