@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +25,8 @@
 #include "model/generate.hpp"
 #include "model/generation_config.hpp"
 #include "model/model.hpp"
+#include "model/detokenizer.hpp"
+#include "model/tokenizer.hpp"
 
 namespace troupe {
 
@@ -122,7 +125,7 @@ command command_logits(CLI::App& app) {
 
 command command_generate(CLI::App& app) {
   struct opts {
-    std::string model_dir = default_model_dir().string(), ids_text;
+    std::string model_dir = default_model_dir().string(), ids_text, prompt;
     generate_options gen;
     int64_t seed = -1;
     engine_tunables tun;
@@ -130,7 +133,9 @@ command command_generate(CLI::App& app) {
   auto o = std::make_shared<opts>();
   CLI::App* cmd = app.add_subcommand("generate", "continue a prompt");
   cmd->add_option("--model", o->model_dir, "checkpoint directory")->capture_default_str();
-  cmd->add_option("--prompt-ids", o->ids_text, "prompt token ids, e.g. 1,2,3 (prints the generated ids)")->required();
+  auto* text_opt = cmd->add_option("--prompt", o->prompt, "prompt text (prints the continuation as text)");
+  auto* ids_opt = cmd->add_option("--prompt-ids", o->ids_text, "prompt token ids, e.g. 1,2,3 (prints the generated ids)");
+  text_opt->excludes(ids_opt);
   cmd->add_option("--max-tokens", o->gen.max_tokens, "tokens to generate")->capture_default_str();
   // Sampling flags: unset ones take the checkpoint's generation_config.json defaults.
   auto* temperature = cmd->add_option("--temperature", o->gen.sampling.temperature, "0 = greedy");
@@ -145,7 +150,18 @@ command command_generate(CLI::App& app) {
   add_tunables(cmd, o->tun);
   return {cmd, [=] {
             apply_tunables(o->tun);
-            const std::vector<int32_t> ids = parse_ids(o->ids_text, "--prompt-ids");
+            if (!*text_opt && !*ids_opt) throw error(errc::errc_invalid_argument, "give --prompt TEXT or --prompt-ids IDS");
+            const bool text = !*ids_opt;
+            std::optional<tokenizer> tok;
+            std::vector<int32_t> ids;
+            if (text) {
+              tok = tokenizer::load(o->model_dir);
+              ids = tok->encode(o->prompt, true);
+              if (ids.empty()) throw error(errc::errc_invalid_argument, "--prompt: the prompt has no tokens");
+              for (int32_t e : tok->eos_ids()) o->gen.eos_token_ids.push_back(e);
+            } else {
+              ids = parse_ids(o->ids_text, "--prompt-ids");
+            }
             model m = model::load(o->model_dir);
             const generation_config gc = generation_config_load(o->model_dir);
             const sampling_params d = gc.defaults();
@@ -156,13 +172,22 @@ command command_generate(CLI::App& app) {
             if (!min_p->count()) s.min_p = d.min_p;
             if (!rep->count()) s.repetition_penalty = d.repetition_penalty;
             if (o->seed >= 0) s.seed = static_cast<uint64_t>(o->seed);
-            o->gen.eos_token_ids = gc.eos_token_ids;
+            o->gen.eos_token_ids.insert(o->gen.eos_token_ids.end(), gc.eos_token_ids.begin(), gc.eos_token_ids.end());
+            std::optional<detokenizer> detok;
+            if (text) {
+              detok.emplace(*tok, true);
+              o->gen.on_token = [&](int32_t t) { std::cout << detok->push(t) << std::flush; };
+            }
             kv_cache kv = make_cache(m, o->tun, static_cast<int64_t>(ids.size()) + o->gen.max_tokens);
             o->gen.chunk_size = o->tun.chunked_prefill_size.value;
             const generate_result r = generate(m, kv, 0, ids, o->gen);
-            std::string line;
-            for (size_t i = 0; i < r.tokens.size(); ++i) line += (i ? "," : "") + std::to_string(r.tokens[i]);
-            std::cout << line << std::endl;
+            if (text) {
+              std::cout << detok->flush() << std::endl;
+            } else {
+              std::string line;
+              for (size_t i = 0; i < r.tokens.size(); ++i) line += (i ? "," : "") + std::to_string(r.tokens[i]);
+              std::cout << line << std::endl;
+            }
             std::fprintf(stderr, "prefill %zu tokens %.3fs, decode %zu tokens %.3fs, finish %s\n", ids.size(),
                          r.prefill_seconds, r.tokens.size(), r.decode_seconds, r.finish_reason.c_str());
             return 0;

@@ -21,6 +21,10 @@ using command = std::pair<CLI::App*, std::function<int()>>;
 command command_generate(CLI::App& app);
 /// `troupe logits`: float32 logits of every prompt position.
 command command_logits(CLI::App& app);
+/// `troupe tokenize`: text (or chat conversations) to ids (or prompts), line by line.
+command command_tokenize(CLI::App& app);
+/// `troupe detokenize`: ids to text, line by line.
+command command_detokenize(CLI::App& app);
 /// `troupe devices`: the CPU and CUDA devices.
 command command_devices(CLI::App& app);
 

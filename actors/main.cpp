@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   const std::vector<troupe::command> commands = {
       troupe::command_generate(app),
       troupe::command_logits(app),
+      troupe::command_tokenize(app),
+      troupe::command_detokenize(app),
       troupe::command_devices(app),
   };
   CLI11_PARSE(app, argc, argv);

@@ -59,6 +59,7 @@ generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const in
   while (static_cast<int64_t>(r.tokens.size()) < opt.max_tokens) {
     const int32_t tok = s.sample(logits);
     r.tokens.push_back(tok);
+    if (opt.on_token) opt.on_token(tok);
     if (!opt.ignore_eos && std::find(eos.begin(), eos.end(), tok) != eos.end()) {
       r.finish_reason = "stop";
       break;

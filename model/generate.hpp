@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ struct generate_options {
   bool ignore_eos = false;       ///< keep going past the model's eos ids
   std::vector<int32_t> eos_token_ids;  ///< stop ids besides the config's (generation_config, tokenizer)
   sampling_params sampling;
+  std::function<void(int32_t)> on_token;  ///< called with each token as it is sampled (streaming)
 };
 
 /// What a generation produced, with wall-clock timing of its two phases.

@@ -26,9 +26,15 @@ struct run_result {
 
 std::string slurp(const std::string& path);
 
-run_result run(const std::string& args) {
-  const std::string err_file = (std::filesystem::temp_directory_path() / "troupe_cli_stderr.txt").string();
-  const std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>" + err_file;
+run_result run(const std::string& args, const std::string& stdin_text = {}) {
+  const auto tmp = std::filesystem::temp_directory_path();
+  const std::string err_file = (tmp / "troupe_cli_stderr.txt").string();
+  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>" + err_file;
+  if (!stdin_text.empty()) {
+    const std::string in_file = (tmp / "troupe_cli_stdin.txt").string();
+    std::ofstream(in_file, std::ios::binary) << stdin_text;
+    cmd += " <" + in_file;
+  }
   run_result r;
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
@@ -125,4 +131,55 @@ TEST_CASE("cli: troupe devices lists the CPU first, and GPUs only when present")
   const run_result r = run("devices");
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(r.out.rfind("cpu:0", 0) == 0);
+}
+
+TEST_CASE("cli: troupe tokenize / detokenize need only the tokenizer files and match HF") {
+  // TROUPE_TOKENIZERS/llama3 holds tokenizer.json and tokenizer_config.json and no weights.
+  const std::string llama3 = std::string(TROUPE_TOKENIZERS) + "/llama3";
+  REQUIRE_FALSE(std::filesystem::exists(llama3 + "/config.json"));
+  run_result r = run("tokenize --model " + llama3, "\"Hello world\"\n\"<|begin_of_text|>hi\"\n");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out == "[9906,1917]\n[128000,6151]\n");
+  r = run("detokenize --model " + llama3, "[9906,1917]\n[128000,6151]\n");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out == "\"Hello world\"\n\"<|begin_of_text|>hi\"\n");
+  // A bad line is answered with null, named on stderr, and fails the run; the others still answer.
+  r = run("tokenize --model " + llama3, "\"a\"\n{oops\n\"b\"\n");
+  CHECK(r.code == 1);
+  CHECK(r.out == "[64]\nnull\n[65]\n");
+  CHECK(r.err.find("line 2") != std::string::npos);
+  r = run("detokenize --model " + llama3, "[1, -5]\n[999999999]\n");
+  CHECK(r.code == 1);
+  CHECK(r.out == "null\nnull\n");
+  CHECK(r.err.find("999999999") != std::string::npos);
+}
+
+TEST_CASE("cli: troupe tokenize --chat renders the checkpoint's template; --chat-template overrides it") {
+  const std::string llama3 = std::string(TROUPE_TOKENIZERS) + "/llama3";
+  run_result r = run("tokenize --chat --model " + llama3, "[{\"role\":\"user\",\"content\":\" Hi! \"}]\n");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out == "\"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi!<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\\n\\n\"\n");
+  const std::string tpl = (std::filesystem::temp_directory_path() / "troupe_cli_template.jinja").string();
+  std::ofstream(tpl) << "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+  r = run("tokenize --chat --model " + llama3 + " --chat-template " + tpl, "[{\"role\":\"user\",\"content\":\"x\"}]\n");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out == "\"[user]x[assistant]\"\n");
+  std::ofstream(tpl) << "{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}";
+  r = run("tokenize --chat --model " + llama3 + " --chat-template " + tpl, "[]\n");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("no_such_filter") != std::string::npos);
+}
+
+TEST_CASE("cli: troupe generate --prompt writes text with the embedded demo model by default") {
+  const run_result r = run("generate --prompt \"A day for\" --max-tokens 40 --temperature 0 --ignore-eos");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out.size() > 40);
+  int letters = 0;
+  for (char c : r.out) letters += std::isalpha(static_cast<unsigned char>(c)) ? 1 : 0;
+  CHECK(letters > 20);  // English words, not ids
+  CHECK(r.out.find("<|") == std::string::npos);  // special tokens are not printed
+  const run_result again = run("generate --prompt \"A day for\" --max-tokens 40 --temperature 0 --ignore-eos");
+  CHECK(again.out == r.out);
+  CHECK(run("generate --max-tokens 4").code == 1);
 }
