@@ -52,7 +52,7 @@ TEST_CASE("fidelity: logits of every prompt position match transformers within 1
     REQUIRE(f.prompt.size() >= 128);
     const std::vector<float> ours = prompt_logits(m, f.prompt, 1 << 20);
     const float err = max_abs_diff(ours, f.logits);
-    MESSAGE(name << ": max |logit error| " << err << " (" << err / f.max_abs_logit << " of max|logit|)");
+    MESSAGE(std::string(name) << ": max |logit error| " << err << " (" << err / f.max_abs_logit << " of max|logit|)");
     CHECK(err <= 1e-3f * f.max_abs_logit);
   }
 }
