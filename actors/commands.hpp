@@ -25,6 +25,8 @@ command command_logits(CLI::App& app);
 command command_tokenize(CLI::App& app);
 /// `troupe detokenize`: ids to text, line by line.
 command command_detokenize(CLI::App& app);
+/// `troupe serve`: the OpenAI-compatible server over one instance.
+command command_serve(CLI::App& app);
 /// `troupe devices`: the CPU and CUDA devices.
 command command_devices(CLI::App& app);
 

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   CLI::App app{"troupe: an actor-model runtime for serving large language models"};
   app.require_subcommand(1);
   const std::vector<troupe::command> commands = {
+      troupe::command_serve(app),
       troupe::command_generate(app),
       troupe::command_logits(app),
       troupe::command_tokenize(app),

@@ -15,6 +15,8 @@ void messages_register(caf::actor_system_config& cfg) {
   cfg.add_message_type<plan_entry>("troupe.plan_entry");
   cfg.add_message_type<step_plan>("troupe.step_plan");
   cfg.add_message_type<step_result>("troupe.step_result");
+  cfg.add_message_type<std::vector<uint64_t>>("troupe.ids");
+  cfg.add_message_type<pipeline_stage_actor>("troupe.pipeline_stage_actor");
 }
 
 }  // namespace troupe

@@ -30,6 +30,8 @@ using state_atom = caf::atom_constant<caf::atom("state")>;        ///< report st
 using prefill_sz_atom = caf::atom_constant<caf::atom("prefillsz")>;  ///< set the chunked-prefill token budget
 using drain_atom = caf::atom_constant<caf::atom("drain")>;        ///< drain (true) or undrain (false)
 using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< internal scheduling tick
+using stage_atom = caf::atom_constant<caf::atom("stage")>;        ///< supervisor -> scheduler: a new stage replaced a failed one
+using done_atom = caf::atom_constant<caf::atom("done")>;          ///< scheduler -> supervisor: requests that got their final event
 
 /// Sampling settings on the wire (model/sampler.hpp's sampling_params, flattened).
 struct wire_sampling {
@@ -114,13 +116,14 @@ struct instance_state {
   int64_t generation_tokens_total = 0;
   int64_t preemptions_total = 0;
   int64_t restarts_total = 0;
+  int64_t max_model_len = 0;  ///< longest sequence (prompt + completion) the instance serves: min(model context, KV cache)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, instance_state& x) {
   return f(caf::meta::type_name("instance_state"), x.name, x.role, x.status, x.running, x.waiting, x.kv_pages_total,
            x.kv_pages_free, x.chunked_prefill_size, x.prompt_tokens_total, x.generation_tokens_total,
-           x.preemptions_total, x.restarts_total);
+           x.preemptions_total, x.restarts_total, x.max_model_len);
 }
 
 /// One sequence's part of a forward step, as the scheduler decided it.
@@ -131,31 +134,38 @@ struct plan_entry {
   wire_sampling sampling;         ///< used when `sample` (the stage keeps a sampler per seq)
   std::vector<int32_t> prompt;    ///< only on a sequence's first chunk: for penalties
   int32_t logprobs = -1;
+  std::vector<int32_t> generated;  ///< only on a first chunk: tokens generated before a recomputation; a new sampler records them (penalties)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, plan_entry& x) {
-  return f(caf::meta::type_name("plan_entry"), x.seq, x.tokens, x.sample, x.sampling, x.prompt, x.logprobs);
+  return f(caf::meta::type_name("plan_entry"), x.seq, x.tokens, x.sample, x.sampling, x.prompt, x.logprobs,
+           x.generated);
 }
 
-/// One forward step: entries to run, then sequences to drop from the KV cache.
+/// One forward step. The stage first drops what `reset`, `release` and
+/// `preempt` name (so their pages serve this very step), then runs `entries`.
 struct step_plan {
   uint64_t step = 0;
   std::vector<plan_entry> entries;
-  std::vector<uint64_t> release;  ///< finished, cancelled or preempted sequences: free their pages and samplers
+  std::vector<uint64_t> release;  ///< finished or cancelled sequences: free their pages and samplers
+  std::vector<uint64_t> preempt;  ///< preempted sequences (recomputed later): free their pages, keep their samplers
+  bool reset = false;             ///< drop every sequence and sampler first (a new scheduler took over the stage)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_plan& x) {
-  return f(caf::meta::type_name("step_plan"), x.step, x.entries, x.release);
+  return f(caf::meta::type_name("step_plan"), x.step, x.entries, x.release, x.preempt, x.reset);
 }
 
 /// What a step produced: one sampled token per entry with sample == true, in order.
 struct step_result {
   uint64_t step = 0;
   std::vector<int32_t> tokens;
-  std::vector<token_logprob> logprobs;                   ///< per sampled token when asked (else empty)
-  std::vector<std::vector<token_logprob>> top_logprobs;  ///< per sampled token
+  /// Empty when no entry of the step asked for logprobs; else one per sampled
+  /// token (entries that did not ask get {token, 0} and an empty top list).
+  std::vector<token_logprob> logprobs;
+  std::vector<std::vector<token_logprob>> top_logprobs;  ///< per sampled token, same rule
   int64_t kv_pages_free = 0;
 };
 
@@ -177,6 +187,17 @@ using chunk_scheduler_actor =
                      caf::replies_to<state_atom>::with<instance_state>,
                      caf::replies_to<prefill_sz_atom, int64_t>::with<int64_t>,
                      caf::replies_to<drain_atom, bool>::with<bool>>;
+
+/// The scheduler as its supervisor sees it: the public interface plus the
+/// stage hand-over (a new stage and why the old one died; an invalid handle
+/// when no new stage could be started).
+using chunk_scheduler_ctl_actor =
+    chunk_scheduler_actor::extend<caf::reacts_to<stage_atom, pipeline_stage_actor, std::string>>;
+
+/// An instance's supervisor: the instance's stable handle (it forwards the
+/// public interface to the current scheduler) plus the scheduler's reports of
+/// finished requests, so that it can end them if the scheduler dies.
+using supervisor_actor = chunk_scheduler_actor::extend<caf::reacts_to<done_atom, std::vector<uint64_t>>>;
 
 /// Registers every message type with the actor system config (CAF silently
 /// serializes unregistered types to 0 bytes).

@@ -25,9 +25,13 @@ struct engine_tunables {
   tunable kv_cache_mib{"kv-cache-mib", 1024, 1, int64_t{1} << 22, "memory for the paged KV cache, in MiB"};
   tunable chunked_prefill_size{"chunked-prefill-size", 512, 1, int64_t{1} << 20,
                                "most prompt tokens one forward step processes"};
+  tunable max_running_requests{"max-running-requests", 256, 1, int64_t{1} << 16,
+                               "most requests in an instance's running batch"};
 
   /// All of them, for binding and validation.
-  std::vector<tunable*> all() { return {&threads, &kv_page_size, &kv_cache_mib, &chunked_prefill_size}; }
+  std::vector<tunable*> all() {
+    return {&threads, &kv_page_size, &kv_cache_mib, &chunked_prefill_size, &max_running_requests};
+  }
 };
 
 /// Empty when every value is inside its range, else a message naming the first one outside.

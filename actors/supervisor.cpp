@@ -1,0 +1,167 @@
+// Supervision by monitor + link: the supervisor monitors its children to
+// replace them (down handler) and links them so that they stop with it; exit
+// messages from its own children are therefore ignored (the down handler
+// deals with them), any other exit message stops the instance.
+#include "actors/supervisor.hpp"
+
+#include <exception>
+#include <set>
+#include <unordered_map>
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/errors.hpp"
+#include "config/tunables.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct supervisor_state {
+  supervisor_options opt;
+  pipeline_stage_actor stage;
+  chunk_scheduler_ctl_actor sched;
+  std::set<caf::actor_addr> children;              // every child ever started (their exits are not ours)
+  std::unordered_map<uint64_t, caf::actor> inflight;  // requests forwarded and not reported done: id -> sink
+  int64_t restarts = 0;
+  bool failed = false;  // no stage could be restarted
+  static inline const char* name = "instance_supervisor";
+};
+
+using sup_ptr = supervisor_actor::stateful_pointer<supervisor_state>;
+
+void adopt(sup_ptr self, const caf::actor_addr& child) {
+  self->state.children.insert(child);
+}
+
+void start_scheduler(sup_ptr self) {
+  auto& st = self->state;
+  st.sched = chunk_scheduler_spawn(self->system(), st.stage, self->address(), st.opt.scheduler);
+  self->link_to(st.sched);
+  self->monitor(st.sched);
+  adopt(self, st.sched.address());
+}
+
+void restart_stage(sup_ptr self, const std::string& reason) {
+  auto& st = self->state;
+  ++st.restarts;
+  actors_log()->warn("{}: pipeline stage failed ({}); restarting it", st.opt.scheduler.name, reason);
+  std::string why = reason;
+  st.stage = pipeline_stage_actor{};
+  try {
+    st.stage = pipeline_stage_spawn(self->system(), st.opt.stage);
+    self->link_to(st.stage);
+    self->monitor(st.stage);
+    adopt(self, st.stage.address());
+  } catch (const std::exception& e) {
+    actors_log()->error("{}: cannot restart the pipeline stage: {}", st.opt.scheduler.name, e.what());
+    why += std::string("; restart failed: ") + e.what();
+    st.failed = true;
+  }
+  self->send(st.sched, stage_atom::value, st.stage, why);
+}
+
+void restart_scheduler(sup_ptr self, const std::string& reason) {
+  auto& st = self->state;
+  ++st.restarts;
+  actors_log()->warn("{}: chunk scheduler failed ({}); failing {} requests and restarting it", st.opt.scheduler.name,
+                     reason, st.inflight.size());
+  for (auto& [id, sink] : st.inflight) {
+    token_event ev;
+    ev.id = id;
+    ev.finish_reason = "error";
+    ev.error = "scheduler failed: " + reason + "; restarted";
+    if (sink) caf::anon_send(sink, token_atom::value, std::move(ev));
+  }
+  st.inflight.clear();
+  st.opt.scheduler.reset_stage = true;  // the stage still holds the dead scheduler's sequences
+  start_scheduler(self);
+}
+
+instance_state own_state(const supervisor_state& st) {
+  instance_state s;
+  s.name = st.opt.scheduler.name;
+  s.role = "mixed";
+  s.status = st.failed ? "failed" : "restarting";
+  s.kv_pages_total = st.opt.scheduler.policy.total_pages;
+  s.chunked_prefill_size = st.opt.scheduler.policy.chunked_prefill_size;
+  s.restarts_total = st.restarts;
+  s.max_model_len = st.opt.scheduler.max_context;
+  return s;
+}
+
+supervisor_actor::behavior_type supervisor(sup_ptr self, pipeline_stage_actor stage, supervisor_options opt) {
+  auto& st = self->state;
+  st.opt = std::move(opt);
+  st.stage = std::move(stage);
+  self->link_to(st.stage);
+  self->monitor(st.stage);
+  adopt(self, st.stage.address());
+  start_scheduler(self);
+  self->set_exception_handler([](std::exception_ptr& p) -> caf::error {
+    try {
+      std::rethrow_exception(p);
+    } catch (const std::exception& e) {
+      return caf::make_error(caf::sec::runtime_error, std::string("supervisor: ") + e.what());
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error, std::string("supervisor: unknown exception"));
+    }
+  });
+  self->set_exit_handler([self](caf::exit_msg& em) {
+    if (self->state.children.count(em.source) != 0) return;
+    self->quit(em.reason);
+  });
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& s = self->state;
+    const std::string reason = dm.reason ? error_text(self->system(), dm.reason) : std::string("exited");
+    if (s.stage && dm.source == s.stage.address()) restart_stage(self, reason);
+    else if (dm.source == s.sched.address()) restart_scheduler(self, reason);
+  });
+  return {
+      [self](generate_atom, generate_request& req) {
+        auto& s = self->state;
+        s.inflight[req.id] = req.sink;
+        self->send(s.sched, generate_atom::value, std::move(req));
+      },
+      [self](cancel_atom, uint64_t id) { self->send(self->state.sched, cancel_atom::value, id); },
+      [self](state_atom) -> caf::result<instance_state> {
+        auto rp = self->make_response_promise<instance_state>();
+        self->request(self->state.sched, caf::infinite, state_atom::value)
+            .then(
+                [self, rp](instance_state& s) mutable {
+                  s.restarts_total = self->state.restarts;
+                  if (self->state.failed) s.status = "failed";
+                  rp.deliver(std::move(s));
+                },
+                [self, rp](caf::error&) mutable { rp.deliver(own_state(self->state)); });
+        return rp;
+      },
+      [self](prefill_sz_atom, int64_t n) -> caf::result<int64_t> {
+        const tunable limits = engine_tunables{}.chunked_prefill_size;
+        if (n < limits.min || n > limits.max)
+          return make_caf_error(errc::errc_invalid_argument, "chunked-prefill-size must be in [" +
+                                                                 std::to_string(limits.min) + ", " +
+                                                                 std::to_string(limits.max) + "], got " +
+                                                                 std::to_string(n));
+        self->state.opt.scheduler.policy.chunked_prefill_size = n;  // a replacing scheduler keeps it
+        return self->delegate(self->state.sched, prefill_sz_atom::value, n);
+      },
+      [self](drain_atom, bool on) -> caf::result<bool> {
+        self->state.opt.scheduler.draining = on;
+        return self->delegate(self->state.sched, drain_atom::value, on);
+      },
+      [self](done_atom, const std::vector<uint64_t>& ids) {
+        for (uint64_t id : ids) self->state.inflight.erase(id);
+      },
+  };
+}
+
+}  // namespace
+
+supervisor_actor supervisor_spawn(caf::actor_system& sys, supervisor_options opt) {
+  pipeline_stage_actor stage = pipeline_stage_spawn(sys, opt.stage);
+  return sys.spawn(supervisor, std::move(stage), std::move(opt));
+}
+
+}  // namespace troupe

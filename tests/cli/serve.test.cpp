@@ -1,0 +1,254 @@
+// `troupe serve` as a user runs it: a real server process on an ephemeral
+// port, real HTTP over loopback sockets. Bad input of every kind must get the
+// right status and OpenAI error shape, and the server must keep serving.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct http_reply {
+  int status = 0;
+  std::string body;
+};
+
+int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+void send_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    const ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;  // the server may close early (413)
+    off += static_cast<size_t>(n);
+  }
+}
+
+std::string request_text(const std::string& method, const std::string& path, const std::string& body,
+                         const std::string& auth = "") {
+  std::string r = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  if (!auth.empty()) r += "Authorization: Bearer " + auth + "\r\n";
+  if (method == "POST") r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  return r + "\r\n" + body;
+}
+
+// Decodes chunked transfer encoding when the head says so.
+std::string body_of(const std::string& head, std::string body) {
+  if (head.find("chunked") == std::string::npos) return body;
+  std::string out;
+  size_t p = 0;
+  while (p < body.size()) {
+    const size_t eol = body.find("\r\n", p);
+    if (eol == std::string::npos) break;
+    const size_t n = std::stoul(body.substr(p, eol - p), nullptr, 16);
+    if (n == 0) break;
+    out += body.substr(eol + 2, n);
+    p = eol + 2 + n + 2;
+  }
+  return out;
+}
+
+http_reply http(int port, const std::string& method, const std::string& path, const std::string& body = "",
+                const std::string& auth = "") {
+  const int fd = connect_to(port);
+  send_all(fd, request_text(method, path, body, auth));
+  std::string raw;
+  char buf[65536];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) raw.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  http_reply r;
+  const size_t sp = raw.find(' ');
+  const size_t end = raw.find("\r\n\r\n");
+  if (sp == std::string::npos || end == std::string::npos) return r;
+  r.status = std::stoi(raw.substr(sp + 1, 3));
+  r.body = body_of(raw.substr(0, end), raw.substr(end + 4));
+  return r;
+}
+
+// The server process, started once for all cases of this file.
+struct server {
+  pid_t pid = -1;
+  int port = 0;
+  server() {
+    const std::string log = (std::filesystem::temp_directory_path() / "troupe_serve_test.log").string();
+    pid = fork();
+    if (pid == 0) {
+      const int fd = ::open(log.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      execl(TROUPE_BINARY, TROUPE_BINARY, "serve", "--port", "0", "--admin-key", "admin-secret", "--max-body-mib", "1",
+            "--kv-cache-mib", "64", "--threads", "2", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 600 && port == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::ifstream f(log);
+      std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      const size_t p = text.find("listening on http://127.0.0.1:");
+      if (p != std::string::npos && text.find('\n', p) != std::string::npos)
+        port = std::stoi(text.substr(p + std::strlen("listening on http://127.0.0.1:")));
+    }
+    REQUIRE_MESSAGE(port != 0, "the server did not start");
+  }
+  ~server() {
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      int st = 0;
+      waitpid(pid, &st, 0);
+    }
+  }
+};
+
+server& the_server() {
+  static server s;
+  return s;
+}
+
+nlohmann::json error_of(const http_reply& r) {
+  const auto j = nlohmann::json::parse(r.body, nullptr, false);
+  REQUIRE_MESSAGE(j.is_object(), r.body);
+  REQUIRE(j.contains("error"));
+  return j["error"];
+}
+
+void expect_error(const http_reply& r, int status, const char* param) {
+  CAPTURE(r.body);
+  CHECK(r.status == status);
+  const auto e = error_of(r);
+  CHECK(e["message"].is_string());
+  CHECK(e["type"].is_string());
+  if (param == nullptr) CHECK(e["param"].is_null());
+  else CHECK(e["param"] == param);
+}
+
+nlohmann::json admin_state(int port) {
+  const http_reply r = http(port, "GET", "/admin/state", "", "admin-secret");
+  REQUIRE(r.status == 200);
+  return nlohmann::json::parse(r.body)["instances"][0];
+}
+
+}  // namespace
+
+TEST_CASE("serve: health, models, completions, chat, tokenize, metrics") {
+  const int port = the_server().port;
+  CHECK(http(port, "GET", "/health").status == 200);
+  const http_reply models = http(port, "GET", "/v1/models");
+  REQUIRE(models.status == 200);
+  CHECK(nlohmann::json::parse(models.body)["data"][0]["max_model_len"] == 1024);
+  const http_reply c = http(port, "POST", "/v1/completions",
+                            R"({"prompt":"A day for","max_tokens":8,"temperature":0,"ignore_eos":true,"unknown_field":[1,2]})");
+  REQUIRE_MESSAGE(c.status == 200, c.body);
+  const auto cj = nlohmann::json::parse(c.body);
+  CHECK(cj["usage"]["completion_tokens"] == 8);
+  CHECK(cj["choices"][0]["finish_reason"] == "length");
+  const http_reply chat = http(port, "POST", "/v1/chat/completions",
+                               R"({"messages":[{"role":"user","content":"Tell me a fortune."}],"max_tokens":8,"stream":true,"stream_options":{"include_usage":true}})");
+  REQUIRE(chat.status == 200);
+  CHECK(chat.body.rfind("data: ", 0) == 0);
+  CHECK(chat.body.find("data: [DONE]") != std::string::npos);
+  CHECK(chat.body.find("\"usage\":{\"prompt_tokens\"") != std::string::npos);
+  const http_reply tok = http(port, "POST", "/tokenize", R"({"prompt":"A day for"})");
+  REQUIRE(tok.status == 200);
+  CHECK(nlohmann::json::parse(tok.body)["tokens"] == nlohmann::json::array({35, 788, 341}));
+  const http_reply detok = http(port, "POST", "/detokenize", R"({"tokens":[35,788,341]})");
+  REQUIRE(detok.status == 200);
+  CHECK(nlohmann::json::parse(detok.body)["prompt"] == "A day for");
+  const http_reply metrics = http(port, "GET", "/metrics");
+  REQUIRE(metrics.status == 200);
+  for (const char* name : {"troupe:num_requests_running", "troupe:num_requests_waiting", "troupe:kv_cache_usage_perc",
+                           "troupe:prompt_tokens_total", "troupe:generation_tokens_total",
+                           "troupe:time_to_first_token_seconds_bucket", "troupe:inter_token_latency_seconds_bucket",
+                           "troupe:e2e_request_latency_seconds_bucket"})
+    CHECK_MESSAGE(metrics.body.find(name) != std::string::npos, name);
+}
+
+TEST_CASE("serve: bad input gets OpenAI-shaped errors and the server keeps serving") {
+  const int port = the_server().port;
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": )"), 400, nullptr);
+  expect_error(http(port, "POST", "/v1/completions", "{not json"), 400, nullptr);
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":"ten"})"), 400, "max_tokens");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":-5})"), 400, "max_tokens");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":100000000})"), 400, "max_tokens");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","temperature":-0.5})"), 400, "temperature");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","top_p":1.5})"), 400, "top_p");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","n":1000})"), 400, "n");
+  expect_error(http(port, "POST", "/v1/chat/completions", R"({"messages":[]})"), 400, "messages");
+  expect_error(http(port, "POST", "/v1/completions", R"({"model":"gpt-9","prompt":"x"})"), 404, "model");
+  expect_error(http(port, "POST", "/v1/completions", R"({"prompt":"x","stop":["a","b","c","d","e"]})"), 400, "stop");
+  std::string long_prompt = R"({"prompt":")";
+  for (int i = 0; i < 1500; ++i) long_prompt += "day ";
+  expect_error(http(port, "POST", "/v1/completions", long_prompt + R"("})"), 400, "prompt");
+  const http_reply huge = http(port, "POST", "/v1/completions", R"({"prompt":")" + std::string(2u << 20, 'a') + R"("})");
+  CHECK(huge.status == 413);
+  expect_error(http(port, "GET", "/v1/nothing-here"), 404, nullptr);
+  CHECK(http(port, "GET", "/health").status == 200);
+}
+
+TEST_CASE("serve: admin state, live chunked-prefill size, drain and undrain") {
+  const int port = the_server().port;
+  CHECK(http(port, "GET", "/admin/state").status == 401);
+  CHECK(http(port, "GET", "/admin/state", "", "wrong").status == 401);
+  const auto st = admin_state(port);
+  CHECK(st["status"] == "ready");
+  CHECK(st["kv_pages_total"].get<int64_t>() > 0);
+  const http_reply set = http(port, "POST", "/admin/chunked-prefill", R"({"size": 64})", "admin-secret");
+  REQUIRE(set.status == 200);
+  CHECK(admin_state(port)["chunked_prefill_size"] == 64);
+  expect_error(http(port, "POST", "/admin/chunked-prefill", R"({"size": 0})", "admin-secret"), 400, "size");
+  REQUIRE(http(port, "POST", "/admin/drain", "", "admin-secret").status == 200);
+  CHECK(http(port, "GET", "/health").status == 503);
+  const http_reply rejected = http(port, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+  CHECK(rejected.status >= 500);
+  REQUIRE(http(port, "POST", "/admin/undrain", "", "admin-secret").status == 200);
+  CHECK(http(port, "GET", "/health").status == 200);
+  CHECK(http(port, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})").status == 200);
+}
+
+TEST_CASE("serve: a client that disconnects mid-stream frees its KV pages") {
+  const int port = the_server().port;
+  const int64_t total = admin_state(port)["kv_pages_total"].get<int64_t>();
+  const int fd = connect_to(port);
+  send_all(fd, request_text("POST", "/v1/completions",
+                            R"({"prompt":"A day for","max_tokens":900,"ignore_eos":true,"stream":true})"));
+  char buf[4096];
+  REQUIRE(::recv(fd, buf, sizeof buf, 0) > 0);  // headers (and maybe the first events) arrived
+  bool busy = false;
+  for (int i = 0; i < 200 && !busy; ++i) {
+    busy = admin_state(port)["kv_pages_free"].get<int64_t>() < total;
+    if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(busy);
+  ::close(fd);
+  bool freed = false;
+  for (int i = 0; i < 300 && !freed; ++i) {
+    freed = admin_state(port)["kv_pages_free"].get<int64_t>() == total;
+    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(freed);
+  CHECK(admin_state(port)["running"] == 0);
+}
