@@ -110,12 +110,11 @@ void finish_request(sched_ptr self, uint64_t id, const std::string& reason, cons
   ev.completion_tokens = r.generated();
   ev.queue_seconds = r.queue_seconds >= 0 ? r.queue_seconds : seconds_since(r.arrival);
   send_event(self, r.req.sink, std::move(ev));
-  if (st.policy->is_running(id)) {
-    st.policy->finish(id);  // released by the next plan, sampler included
-  } else {
-    st.policy->finish(id);  // waiting (or already dropped): no pages
-    if (r.sampler_in_stage) st.forget.push_back(id);
-  }
+  // A running request's pages (and sampler) are released by the next plan; a
+  // waiting one holds no pages, but maybe a sampler from before a preemption.
+  const bool running = st.policy->is_running(id);
+  st.policy->finish(id);
+  if (!running && r.sampler_in_stage) st.forget.push_back(id);
   if (r.req.sink) {
     auto s = st.sinks.find(r.req.sink.address());
     if (s != st.sinks.end() && --s->second == 0) {
@@ -221,20 +220,22 @@ void on_result(sched_ptr self, uint64_t step, step_result& res) {
     }
     size_t k = 0;
     for (const scheduled_chunk& c : chunks) {
-      request& r = st.reqs.at(c.id);
+      const size_t row = c.sample ? k++ : 0;
+      auto it = st.reqs.find(c.id);
+      if (it == st.reqs.end()) continue;  // cannot happen: requests of a step in flight end when it returns
+      request& r = it->second;
       if (!c.sample) {
         if (r.cancel) finish_request(self, c.id, "abort", "");
         continue;
       }
-      const int32_t tok = res.tokens[k];
+      const int32_t tok = res.tokens[row];
       token_event ev;
       ev.id = c.id;
       ev.tokens = {tok};
       if (r.req.logprobs >= 0 && !res.logprobs.empty()) {
-        ev.logprobs = {res.logprobs[k]};
-        ev.top_logprobs = {std::move(res.top_logprobs[k])};
+        ev.logprobs = {res.logprobs[row]};
+        if (!res.top_logprobs.empty()) ev.top_logprobs = {std::move(res.top_logprobs[row])};
       }
-      ++k;
       r.tokens.push_back(tok);
       st.policy->append_token(c.id);
       ++st.generation_tokens_total;

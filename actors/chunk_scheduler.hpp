@@ -13,6 +13,11 @@
 //   the rest go on; when the stage dies the supervisor hands over a new stage
 //   (stage_atom): the requests of the step in flight fail with "stage failed:
 //   <reason>; restarted", the other running requests are recomputed.
+// - Draining refuses new requests at once (final "error": "instance is
+//   draining"); requests already queued or running are served to the end.
+// - Tokens in events include the eos / stop token that ended a request
+//   (completion_tokens counts it, as vLLM's usage does); the gateway drops
+//   special tokens from the text.
 #pragma once
 
 #include <cstdint>

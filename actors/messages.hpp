@@ -110,7 +110,7 @@ struct instance_state {
   int32_t running = 0;       ///< requests in the running batch
   int32_t waiting = 0;       ///< requests queued
   int64_t kv_pages_total = 0;
-  int64_t kv_pages_free = 0;
+  int64_t kv_pages_free = 0;   ///< free once the stage has run the plans already sent (a cancel frees within one step)
   int64_t chunked_prefill_size = 0;
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;

@@ -50,12 +50,19 @@ struct plan_log {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<plan> plans;
+  bool held = false;  // while set, the stage waits before running a step
 
   void record(const step_plan& p) {
     plan x{p.step, {}, p.release, p.preempt, p.reset};
     for (const plan_entry& e : p.entries) x.entries.push_back({e.seq, e.tokens.size(), e.sample});
-    std::lock_guard<std::mutex> lock(mu);
+    std::unique_lock<std::mutex> lock(mu);
     plans.push_back(std::move(x));
+    cv.notify_all();
+    cv.wait_for(lock, 10s, [&] { return !held; });
+  }
+  void hold(bool on) {
+    std::lock_guard<std::mutex> lock(mu);
+    held = on;
     cv.notify_all();
   }
   std::vector<plan> snapshot() {
@@ -129,6 +136,15 @@ struct fixture {
   }
 
   caf::actor sink() { return caf::actor_cast<caf::actor>(*self); }
+
+  // Holds the stage at its next step while requests are queued, so that they
+  // all meet in the following step whatever the machine's timing; a state
+  // round trip (behind the generate messages) shows they have arrived.
+  void hold() { plans->hold(true); }
+  void release() {
+    (void)state();
+    plans->hold(false);
+  }
 
   void submit(uint64_t id, const std::vector<int32_t>& prompt, int32_t max_tokens, bool ignore_eos = false,
               caf::actor to = {}) {
@@ -320,7 +336,9 @@ TEST_CASE("instance: 8 concurrent requests batch continuously and each equals it
     refs.push_back(reference(m, prompts.back(), 6 + 5 * i));
     ids.push_back(100 + static_cast<uint64_t>(i));
   }
+  f.hold();
   for (int i = 0; i < 8; ++i) f.submit(ids[i], prompts[i], 6 + 5 * i);
+  f.release();
   REQUIRE(f.wait_done(ids));
   int64_t prompt_total = 0, gen_total = 0;
   for (int i = 0; i < 8; ++i) {
@@ -433,6 +451,7 @@ TEST_CASE("instance: a tiny KV cache forces preemption; recomputation keeps outp
   std::vector<std::vector<int32_t>> prompts;
   std::vector<generate_result> refs;
   std::vector<uint64_t> ids;
+  f.hold();
   for (int i = 0; i < 8; ++i) {
     prompts.push_back(encode(texts[i]));
     ids.push_back(200 + static_cast<uint64_t>(i));
@@ -447,6 +466,7 @@ TEST_CASE("instance: a tiny KV cache forces preemption; recomputation keeps outp
     refs.push_back(reference(m, prompts.back(), 24, true, i >= 6 ? &r.sampling : nullptr));
     f.submit(std::move(r));
   }
+  f.release();
   REQUIRE(f.wait_done(ids, 15000ms));
   for (int i = 0; i < 8; ++i) {
     CAPTURE(i);
