@@ -18,6 +18,7 @@ packages=(
   libpcre2-dev               # tokenizer pre-tokenization
   libutf8proc-dev            # tokenizer Unicode normalization (NFC, NFKC) and categories
   libopenblas-dev            # CPU GEMM
+  gnuplot-nox                # PNG plots of benchmarks
 )
 
 missing=()
