@@ -214,7 +214,6 @@ struct connection : std::enable_shared_from_this<connection> {
   std::function<void()> after_monitor;     ///< what to do once that read is cancelled
   bool stopping = false;
   bool closed = false;
-  bool lingering = false;
   char linger_buf[4096];
 
   connection(http_server_core& s, tcp::socket sock)
@@ -473,7 +472,6 @@ struct connection : std::enable_shared_from_this<connection> {
   /// reads our last response instead of a reset.
   void graceful_close() {
     if (closed) return;
-    lingering = true;
     error_code ec;
     socket.shutdown(tcp::socket::shutdown_send, ec);
     if (ec) return close_now();

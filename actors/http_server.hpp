@@ -9,7 +9,9 @@
 //   is posted onto the connection's strand and returns at once; writes queue.
 // - While a response is in progress a read stays pending on the socket, so a
 //   client that goes away is noticed at once — while it waits for the first
-//   token as well as mid-stream — and on_close can cancel the request.
+//   token as well as mid-stream — and on_close can cancel the request. (A
+//   client that half-closes its side after sending counts as gone;
+//   pipelined requests that arrive meanwhile are kept.)
 // - Hostile input is bounded: header and body limits (431 / 413 with an
 //   OpenAI-shaped error, then the connection is closed after a lingering
 //   drain so the client can read the answer), a deadline for a whole request
@@ -76,9 +78,11 @@ class http_response_writer {
   virtual void on_close(std::function<void()> cb) = 0;
 };
 
-/// Called once per request on a server thread; must not block (hand the work
-/// to an actor and answer through the writer later). A writer dropped without
-/// a response answers 500 (or, mid-stream, closes the connection).
+/// Called once per request on a server thread (on several threads at once, so
+/// it must be thread-safe); must not block: hand the work to an actor and
+/// answer through the writer later. An exception it throws answers 500. A
+/// writer dropped without a response answers 500 (mid-stream: the connection
+/// is closed, so the client sees a truncated stream, not a clean end).
 using http_handler = std::function<void(http_request, std::shared_ptr<http_response_writer>)>;
 
 /// Tunables of the server.

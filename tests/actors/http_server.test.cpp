@@ -2,6 +2,7 @@
 // file sends exactly the bytes a test needs (partial heads, garbage, early
 // disconnects) and reads responses itself, chunked framing included.
 #include "actors/http_server.hpp"
+#include "config/errors.hpp"
 
 #include <doctest/doctest.h>
 
@@ -530,4 +531,53 @@ TEST_CASE("http: 2,000 concurrent SSE streams on 2 threads") {
   auto elapsed = std::chrono::duration<double>(clock_type::now() - t0).count();
   MESSAGE("2,000 streams opened, served and closed in " << elapsed << " s");
   CHECK(elapsed < 15.0);
+}
+
+TEST_CASE("http: events written from many threads at once all arrive whole; a large body arrives whole") {
+  writer_box box;
+  http_server server(local_options(), [&](http_request req, std::shared_ptr<http_response_writer> w) {
+    if (req.target == "/big") return w->respond(200, "application/octet-stream", std::string(8 << 20, 'z'));
+    w->start_stream(200, "text/event-stream");
+    box.add(std::move(w));
+  });
+  raw_client c(server.port());
+  c.send(request("POST", "/stream", "{}"));
+  REQUIRE(eventually([&] { return box.size() == 1; }));
+  auto w = box.at(0);
+  constexpr int threads = 4, per_thread = 2000;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([w, t] {
+      for (int i = 0; i < per_thread; ++i) w->write("data: " + std::to_string(t) + ":" + std::to_string(i) + "\n\n");
+    });
+  for (auto& t : ts) t.join();
+  w->finish();
+  auto r = c.read_response(10000ms);
+  REQUIRE(r.ok);
+  int events = 0;
+  std::vector<int> next(threads, 0);  // per thread, events arrive in the order they were written
+  bool ordered = true;
+  for (size_t p = 0; (p = r.body.find("data: ", p)) != std::string::npos; ++events) {
+    auto colon = r.body.find(':', p + 6), end = r.body.find("\n\n", p);
+    int t = std::stoi(r.body.substr(p + 6, colon - p - 6)), i = std::stoi(r.body.substr(colon + 1, end - colon - 1));
+    ordered = ordered && i == next[t]++;
+    p = end + 2;
+  }
+  CHECK(events == threads * per_thread);
+  CHECK(ordered);
+  c.send(request("GET", "/big"));
+  auto big = c.read_response(10000ms);
+  REQUIRE(big.ok);
+  CHECK(big.body.size() == (8u << 20));
+  CHECK(big.body.find_first_not_of('z') == std::string::npos);
+}
+
+TEST_CASE("http: binding a port in use fails with a clear error") {
+  http_server first(local_options(), echo_handler);
+  auto opts = local_options();
+  opts.port = first.port();
+  CHECK_THROWS_WITH_AS(http_server(opts, echo_handler), doctest::Contains("cannot listen on 127.0.0.1:"),
+                       troupe::error);
+  opts.threads = 0;
+  CHECK_THROWS_AS(http_server(opts, echo_handler), troupe::error);
 }
