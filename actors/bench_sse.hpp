@@ -31,7 +31,7 @@ class sse_splitter {
   void finish(const on_event& f);
 
  private:
-  void line_done(const on_event& f);
+  void line_done(std::string_view line, const on_event& f);
 
   std::string line_;
   std::string data_;

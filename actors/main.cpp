@@ -7,6 +7,7 @@
 #include <exception>
 #include <vector>
 
+#include "actors/bench_serve.hpp"
 #include "actors/commands.hpp"
 #include "config/errors.hpp"
 
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
       troupe::command_logits(app),
       troupe::command_tokenize(app),
       troupe::command_detokenize(app),
+      troupe::command_bench(app),
       troupe::command_devices(app),
   };
   CLI11_PARSE(app, argc, argv);
