@@ -65,6 +65,9 @@ std::string gp_quote(const std::string& s) {
   return out + "'";
 }
 
+// Axis-title numbers: whole milliseconds from 100 up, else three significant digits.
+std::string num(double v) { return std::abs(v) >= 100 ? fmt::format("{:.0f}", v) : fmt::format("{:.3g}", v); }
+
 void panel(std::string& g, const std::string& name, const std::vector<double>& ms) {
   g += "unset arrow\nunset label\n";
   if (ms.empty()) {
@@ -75,13 +78,15 @@ void panel(std::string& g, const std::string& name, const std::vector<double>& m
   }
   const latency_summary s = summarize(ms);
   const histogram h = histogram_make(ms, 40);
-  std::string title = fmt::format("{} (ms): n={}  median {:.3g}  p90 {:.3g}  p99 {:.3g}", name, s.count, s.median,
-                                  s.p90, s.p99);
-  if (h.above) title += fmt::format("  ({} beyond {:.3g} not shown)", h.above, h.lo + h.width * static_cast<double>(h.counts.size()));
+  const double hi = h.lo + h.width * static_cast<double>(h.counts.size());
+  std::string title = fmt::format("{} (ms): n={}  median {}  p90 {}  p99 {}", name, s.count, num(s.median),
+                                  num(s.p90), num(s.p99));
+  if (h.above) title += fmt::format("  ({} beyond {} not shown)", h.above, num(hi));
   g += fmt::format("set title {}\n", gp_quote(title));
   g += fmt::format("set boxwidth {:.9g} absolute\n", h.width * 0.95);
+  g += fmt::format("set xrange [{:.9g}:{:.9g}]\n", h.lo - h.width, hi + h.width);
   g += fmt::format("set arrow from {0:.9g}, graph 0 to {0:.9g}, graph 1 nohead dt 2 lw 2 lc rgb '#1b9e77'\n", s.median);
-  if (s.p99 <= h.lo + h.width * static_cast<double>(h.counts.size()))
+  if (s.p99 <= hi)
     g += fmt::format("set arrow from {0:.9g}, graph 0 to {0:.9g}, graph 1 nohead dt 3 lw 2 lc rgb '#d95f02'\n", s.p99);
   g += "plot '-' using 1:2 with boxes lc rgb '#4477aa' notitle\n";
   for (size_t i = 0; i < h.counts.size(); ++i)

@@ -53,7 +53,7 @@ void report_print(std::ostream& os, const bench_settings& s, const bench_metrics
   banner(os, "Serving Benchmark Result", '=');
   row(os, "Successful requests:", m.completed);
   row(os, "Failed requests:", m.failed);
-  row(os, "Maximum request concurrency:", m.max_concurrency_seen);
+  row(os, "Peak concurrent requests:", m.max_concurrency_seen);
   row(os, "Benchmark duration (s):", m.duration_s);
   row(os, "Total input tokens:", m.total_input_tokens);
   row(os, "Total generated tokens:", m.total_output_tokens);
@@ -97,7 +97,7 @@ void report_print(std::ostream& os, const bench_settings& s, const bench_metrics
 void report_print_probe(std::ostream& os, const overhead_probe& p) {
   banner(os, "Overhead probe (max_tokens=1, one at a time)", '=');
   row(os, "Requests to each server:", p.requests);
-  row(os, "Failed (echo / server):", p.echo_failed + p.server_failed);
+  os << fmt::format("{:<40}{} / {}\n", "Failed (echo / server):", p.echo_failed, p.server_failed);
   row(os, "Echo server median E2E (ms):", p.echo_s.median * 1e3, 3);
   row(os, "Echo server P99 E2E (ms):", p.echo_s.p99 * 1e3, 3);
   row(os, "Server median E2E (ms):", p.server_s.median * 1e3, 3);

@@ -156,15 +156,7 @@ std::string validate(const scheduler_state& st, const generate_request& req) {
   if (req.max_tokens < 1) return "max_tokens must be at least 1, got " + std::to_string(req.max_tokens);
   if (req.logprobs < -1 || req.logprobs > 20)
     return "logprobs must be in [0, 20], got " + std::to_string(req.logprobs);
-  sampling_params p;
-  p.temperature = req.sampling.temperature;
-  p.top_k = req.sampling.top_k;
-  p.top_p = req.sampling.top_p;
-  p.min_p = req.sampling.min_p;
-  p.repetition_penalty = req.sampling.repetition_penalty;
-  p.frequency_penalty = req.sampling.frequency_penalty;
-  p.presence_penalty = req.sampling.presence_penalty;
-  return sampling_params_validate(p);
+  return sampling_params_validate(sampling_from_wire(req.sampling));
 }
 
 void on_generate(sched_ptr self, generate_request& req) {
@@ -368,15 +360,7 @@ chunk_scheduler_ctl_actor::behavior_type chunk_scheduler(sched_ptr self, pipelin
   st.stage = std::move(stage);
   st.supervisor = std::move(supervisor);
   st.failed = !st.stage;
-  self->set_exception_handler([](std::exception_ptr& p) -> caf::error {
-    try {
-      std::rethrow_exception(p);
-    } catch (const std::exception& e) {
-      return caf::make_error(caf::sec::runtime_error, std::string("chunk scheduler: ") + e.what());
-    } catch (...) {
-      return caf::make_error(caf::sec::runtime_error, std::string("chunk scheduler: unknown exception"));
-    }
-  });
+  self->set_exception_handler([](std::exception_ptr& p) { return exception_to_error("chunk scheduler", p); });
   // A sink that goes down is a client gone: cancel its requests.
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& s = self->state;

@@ -161,7 +161,12 @@ int run_serve(bench_opts& o) {
   }
   const bool ignore_eos = o.ignore_eos_opt->count() ? o.ignore_eos : random;
   const body_options body{o.model, api, ignore_eos, o.temperature};
-  const std::vector<client_request> reqs = build_requests(items, body, std::nullopt);
+  std::vector<client_request> reqs;
+  try {
+    reqs = build_requests(items, body, std::nullopt);
+  } catch (const error& e) {
+    throw error(e.code(), (random ? std::string() : "--dataset " + o.dataset + ": ") + e.what());
+  }
   const std::vector<double> arrivals = arrivals_plan(reqs.size(), o.request_rate, o.burstiness, o.seed);
 
   client_options copts;

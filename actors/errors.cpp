@@ -17,6 +17,16 @@ errc errc_from_caf(const caf::error& e) {
   return static_cast<errc>(e.code());
 }
 
+caf::error exception_to_error(const std::string& who, std::exception_ptr& ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    return caf::make_error(caf::sec::runtime_error, who + ": " + e.what());
+  } catch (...) {
+    return caf::make_error(caf::sec::runtime_error, who + ": unknown exception");
+  }
+}
+
 void register_troupe_errors(caf::actor_system_config& cfg) {
   cfg.add_error_category(category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string out = std::string(caf_error_category) + "." + errc_name(static_cast<errc>(code));

@@ -4,6 +4,7 @@
 // stay free of CAF's heavy headers.
 #pragma once
 
+#include <exception>
 #include <string>
 
 #include "config/errors.hpp"
@@ -23,6 +24,11 @@ caf::error make_caf_error(errc code, const std::string& context);
 
 /// The errc inside a caf::error of category "troupe" (errc_unsupported for other categories).
 errc errc_from_caf(const caf::error& e);
+
+/// For set_exception_handler: turns what an actor's handler threw into its
+/// exit reason (sec::runtime_error), keeping what() prefixed with `who`, so
+/// supervisors and logs see why an actor died.
+caf::error exception_to_error(const std::string& who, std::exception_ptr& ep);
 
 /// Registers the renderer so that actor_system::render prints "troupe.kv_exhausted: <context>".
 void register_troupe_errors(caf::actor_system_config& cfg);

@@ -63,20 +63,6 @@ bool is_chat(const request_state& s) { return s.req.endpoint == openai_endpoint:
 
 std::string object_name(const request_state& s) { return is_chat(s) ? "chat.completion.chunk" : "text_completion"; }
 
-wire_sampling to_wire(const sampling_params& p, int32_t choice) {
-  wire_sampling w;
-  w.temperature = p.temperature;
-  w.top_k = p.top_k;
-  w.top_p = p.top_p;
-  w.min_p = p.min_p;
-  w.repetition_penalty = p.repetition_penalty;
-  w.frequency_penalty = p.frequency_penalty;
-  w.presence_penalty = p.presence_penalty;
-  w.has_seed = p.seed.has_value();
-  w.seed = p.seed.value_or(0) + static_cast<uint64_t>(choice);
-  return w;
-}
-
 // Text of the choice that may be sent now: all of it once finished, else all
 // but the tail that could still be the start of a stop string.
 size_t sendable(const request_state& s, const choice_state& c) {
@@ -263,7 +249,7 @@ std::optional<openai_error> start(request_actor* self) {
       generate_request g;
       g.id = c.id;
       g.prompt = prompts[i];
-      g.sampling = to_wire(s.req.sampling, index);
+      g.sampling = sampling_to_wire(s.req.sampling, static_cast<uint64_t>(index));
       g.max_tokens = max_tokens[i];
       g.stop_token_ids = s.req.stop_token_ids;
       g.ignore_eos = s.req.ignore_eos;

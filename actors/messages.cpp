@@ -4,6 +4,33 @@
 
 namespace troupe {
 
+wire_sampling sampling_to_wire(const sampling_params& p, uint64_t seed_offset) {
+  wire_sampling w;
+  w.temperature = p.temperature;
+  w.top_k = p.top_k;
+  w.top_p = p.top_p;
+  w.min_p = p.min_p;
+  w.repetition_penalty = p.repetition_penalty;
+  w.frequency_penalty = p.frequency_penalty;
+  w.presence_penalty = p.presence_penalty;
+  w.has_seed = p.seed.has_value();
+  w.seed = p.seed.value_or(0) + seed_offset;
+  return w;
+}
+
+sampling_params sampling_from_wire(const wire_sampling& w) {
+  sampling_params p;
+  p.temperature = w.temperature;
+  p.top_k = w.top_k;
+  p.top_p = w.top_p;
+  p.min_p = w.min_p;
+  p.repetition_penalty = w.repetition_penalty;
+  p.frequency_penalty = w.frequency_penalty;
+  p.presence_penalty = w.presence_penalty;
+  if (w.has_seed) p.seed = w.seed;
+  return p;
+}
+
 void messages_register(caf::actor_system_config& cfg) {
   cfg.add_message_type<wire_sampling>("troupe.wire_sampling");
   cfg.add_message_type<generate_request>("troupe.generate_request");

@@ -19,6 +19,8 @@
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "model/sampler.hpp"
+
 namespace troupe {
 
 // ---- atoms (at most 10 characters) ----
@@ -51,6 +53,12 @@ typename Inspector::result_type inspect(Inspector& f, wire_sampling& x) {
   return f(caf::meta::type_name("wire_sampling"), x.temperature, x.top_k, x.top_p, x.min_p, x.repetition_penalty,
            x.frequency_penalty, x.presence_penalty, x.has_seed, x.seed);
 }
+
+/// sampling_params -> wire form (the seed, when set, is shifted by seed_offset: choice i of a request with n > 1).
+wire_sampling sampling_to_wire(const sampling_params& p, uint64_t seed_offset = 0);
+
+/// Wire form -> sampling_params.
+sampling_params sampling_from_wire(const wire_sampling& w);
 
 /// One completion request, already tokenized and validated by the gateway.
 /// (n > 1 arrives as n requests; stop strings are matched by the gateway,

@@ -39,19 +39,6 @@ struct stage_state {
 
 using stage_ptr = pipeline_stage_actor::stateful_pointer<stage_state>;
 
-sampling_params to_params(const wire_sampling& w) {
-  sampling_params p;
-  p.temperature = w.temperature;
-  p.top_k = w.top_k;
-  p.top_p = w.top_p;
-  p.min_p = w.min_p;
-  p.repetition_penalty = w.repetition_penalty;
-  p.frequency_penalty = w.frequency_penalty;
-  p.presence_penalty = w.presence_penalty;
-  if (w.has_seed) p.seed = w.seed;
-  return p;
-}
-
 void drop(stage_state& st, uint64_t seq, bool keep_sampler) {
   st.kv->free(static_cast<int64_t>(seq));
   st.held.erase(seq);
@@ -96,7 +83,7 @@ caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
     if (e.logprobs > 20)
       return make_caf_error(errc::errc_invalid_argument, where + "logprobs must be at most 20");
     if (st.samplers.count(e.seq) != 0) continue;
-    const sampling_params p = to_params(e.sampling);
+    const sampling_params p = sampling_from_wire(e.sampling);
     if (std::string bad = sampling_params_validate(p); !bad.empty())
       return make_caf_error(errc::errc_invalid_argument, where + "sequence " + std::to_string(e.seq) + ": " + bad);
     sampler& s = st.samplers.try_emplace(e.seq, p, vocab, std::span<const int32_t>(e.prompt)).first->second;
@@ -146,15 +133,7 @@ pipeline_stage_actor::behavior_type pipeline_stage(stage_ptr self, std::shared_p
   self->state.kv = std::move(kv);
   self->state.threads = threads;
   self->state.hook = std::move(hook);
-  self->set_exception_handler([](std::exception_ptr& p) -> caf::error {
-    try {
-      std::rethrow_exception(p);
-    } catch (const std::exception& e) {
-      return caf::make_error(caf::sec::runtime_error, std::string("pipeline stage: ") + e.what());
-    } catch (...) {
-      return caf::make_error(caf::sec::runtime_error, std::string("pipeline stage: unknown exception"));
-    }
-  });
+  self->set_exception_handler([](std::exception_ptr& p) { return exception_to_error("pipeline stage", p); });
   return {
       [self](step_atom, const step_plan& plan) -> caf::result<step_result> { return run_step(self->state, plan); },
   };

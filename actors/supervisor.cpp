@@ -99,15 +99,7 @@ supervisor_actor::behavior_type supervisor(sup_ptr self, pipeline_stage_actor st
   self->monitor(st.stage);
   adopt(self, st.stage.address());
   start_scheduler(self);
-  self->set_exception_handler([](std::exception_ptr& p) -> caf::error {
-    try {
-      std::rethrow_exception(p);
-    } catch (const std::exception& e) {
-      return caf::make_error(caf::sec::runtime_error, std::string("supervisor: ") + e.what());
-    } catch (...) {
-      return caf::make_error(caf::sec::runtime_error, std::string("supervisor: unknown exception"));
-    }
-  });
+  self->set_exception_handler([](std::exception_ptr& p) { return exception_to_error("supervisor", p); });
   self->set_exit_handler([self](caf::exit_msg& em) {
     if (self->state.children.count(em.source) != 0) return;
     self->quit(em.reason);
