@@ -77,7 +77,8 @@ void report_print(std::ostream& os, const bench_settings& s, const bench_metrics
   row(os, "Client CPU (% of one core):", o.wall_s > 0 ? 100 * o.cpu_s / o.wall_s : 0.0, 1);
   row(os, "Dispatch lag mean (ms):", o.dispatch_lag_s.mean * 1e3, 3);
   row(os, "Dispatch lag max (ms):", o.dispatch_lag_s.max * 1e3, 3);
-  row(os, "SSE handling per event (us):", o.events ? o.event_handling_s * 1e6 / static_cast<double>(o.events) : 0.0);
+  row(os, "SSE parsing per event (us):", o.events ? o.event_handling_s * 1e6 / static_cast<double>(o.events) : 0.0);
+  row(os, "Client CPU per event (us):", o.events ? o.cpu_s * 1e6 / static_cast<double>(o.events) : 0.0);
   row(os, "Connections opened:", o.connections_opened);
   row(os, "Connections reused:", o.connections_reused);
   banner(os, "", '=');
@@ -157,6 +158,7 @@ void report_write_json(const std::string& path, const bench_settings& s, const b
                           {"sse_events", o.events},
                           {"sse_handling_us_per_event",
                            o.events ? o.event_handling_s * 1e6 / static_cast<double>(o.events) : 0.0},
+                          {"cpu_us_per_event", o.events ? o.cpu_s * 1e6 / static_cast<double>(o.events) : 0.0},
                           {"connections_opened", o.connections_opened},
                           {"connections_reused", o.connections_reused}};
   nlohmann::json errs = nlohmann::json::array();

@@ -57,7 +57,7 @@ struct client_options {
 /// What the client itself cost, to tell client limits from server limits.
 struct client_overhead {
   double wall_s = 0;            ///< duration of the run
-  double cpu_s = 0;             ///< user + system CPU of the whole process during the run
+  double cpu_s = 0;             ///< user + system CPU of the client's event-loop threads during the run
   latency_summary dispatch_lag_s;  ///< request sent minus planned arrival (requests not held by --max-concurrency)
   int64_t events = 0;           ///< SSE events handled
   double event_handling_s = 0;  ///< time spent splitting and parsing SSE events

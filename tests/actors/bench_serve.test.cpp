@@ -341,7 +341,13 @@ TEST_CASE("bench_serve: 200 concurrent streams against a fake server with known 
       CHECK(r.e2e_s >= 0.120 + (k - 1) * 0.025);  // the last chunk left the server that late
       CHECK(r.complete_s >= r.e2e_s);
     }
-    CHECK(m.itl_s.median >= 0.0125);  // gaps are 25 ms apart at the source
+    // Gaps can shrink on the way (delayed chunks arrive together on a loaded
+    // machine), so no lower bound on ITL; but the gaps must add up exactly.
+    for (const request_record& r : run.records) {
+      double sum = 0.0;
+      for (double g : r.itl_s) sum += g;
+      CHECK(sum == doctest::Approx(r.e2e_s - r.ttft_s).epsilon(1e-6));
+    }
     CHECK(m.ttft_s.max < 5.0);
     CHECK(run.overhead.events == 200 * (k + 2));  // k tokens + usage + [DONE]
     CHECK(run.overhead.connections_opened + run.overhead.connections_reused == 200);
