@@ -91,6 +91,7 @@ struct session : std::enable_shared_from_this<session> {
   std::array<char, 16384> piece_{};
   sse_splitter sse_;
   steady::time_point start_, deadline_, last_token_, now_;
+  std::optional<steady::time_point> final_at_;  // arrival of an empty chunk with a finish_reason
   std::string pending_error_, error_body_;
   int64_t events_ = 0;
   steady::duration handling_{};
@@ -338,6 +339,9 @@ void session::handle_bytes(size_t n, steady::time_point now) {
         last_token_ = now_;
         ++rec_.token_chunks;
         break;
+      case sse_chunk::chunk_final:
+        final_at_ = now_;
+        break;
       case sse_chunk::chunk_bad_json:
       case sse_chunk::chunk_error:
         if (pending_error_.empty()) pending_error_ = c.error;
@@ -375,6 +379,15 @@ void session::finish() {
       pending_error_ = c.error;
   });
   if (!pending_error_.empty()) return fail(pending_error_);
+  // A terminator with empty text carried the last token when the usage says
+  // a token is missing, or when it is the only sign of output at all.
+  if (final_at_ && (!got_token_ || (rec_.usage_reported && rec_.output_tokens > rec_.token_chunks))) {
+    if (!got_token_) rec_.ttft_s = seconds(*final_at_ - start_);
+    else rec_.itl_s.push_back(seconds(*final_at_ - last_token_));
+    got_token_ = true;
+    last_token_ = *final_at_;
+    ++rec_.token_chunks;
+  }
   if (!got_token_) return fail("stream ended without a token");
   rec_.complete_s = seconds(now_ - start_);
   rec_.e2e_s = seconds(last_token_ - start_);

@@ -169,11 +169,12 @@ sse_chunk sse_classify(std::string_view data, api_kind api) {
   if (!sax.choice0) return c;
   if (api == api_kind::api_completions) {
     if (sax.text_string && (sax.text_nonempty || !sax.finished)) c.kind = sse_chunk::chunk_token;
+    else if (sax.finished) c.kind = sse_chunk::chunk_final;
     return c;
   }
-  if (!sax.delta) return c;
-  if (sax.content_nonempty || sax.tool_calls || (sax.content_string && !sax.finished && !sax.role))
+  if (sax.content_nonempty || sax.tool_calls || (sax.delta && sax.content_string && !sax.finished && !sax.role))
     c.kind = sse_chunk::chunk_token;
+  else if (sax.finished && !sax.role) c.kind = sse_chunk::chunk_final;
   return c;
 }
 

@@ -44,7 +44,8 @@ struct sse_chunk {
   /// The event's role.
   enum kind_t : uint8_t {
     chunk_token,     ///< carries generated output: counts for TTFT and ITL
-    chunk_other,     ///< valid but no token (role header, finish marker, usage)
+    chunk_other,     ///< valid but no token (role header, usage)
+    chunk_final,     ///< finish_reason with empty text: a bare terminator, or the last token with its text held back
     chunk_done,      ///< the "[DONE]" sentinel
     chunk_bad_json,  ///< not JSON (the request fails)
     chunk_error,     ///< an {"error": ...} object sent mid-stream (the request fails)
@@ -59,7 +60,9 @@ struct sse_chunk {
 /// (completions) or delta content / reasoning content / tool calls (chat) is
 /// non-empty, or when the text is empty but the chunk is neither a role header
 /// nor a finish marker (a token whose text the server is holding back, e.g. an
-/// incomplete UTF-8 sequence or a special token).
+/// incomplete UTF-8 sequence or a special token). An empty chunk with a
+/// finish_reason is `chunk_final`: the reader decides at the end of the stream
+/// (with the usage counts) whether it carried the last token.
 sse_chunk sse_classify(std::string_view data, api_kind api);
 
 }  // namespace troupe

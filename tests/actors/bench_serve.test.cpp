@@ -41,7 +41,7 @@ using std::chrono::milliseconds;
 namespace {
 
 // Streams `chunks` completion chunks: the first after `first_delay`, the next
-// ones `gap` apart, then usage and [DONE]. Keep-alive. Modes by model name:
+// ones `gap` apart, then an empty terminator chunk, usage and [DONE]. Keep-alive. Modes by model name:
 // "fail500" answers 500 with an OpenAI error; "badjson" streams a broken event;
 // "truncate" sends one chunk and closes mid-body; "midstream" sends an error event.
 class fake_server {
@@ -116,6 +116,12 @@ class fake_server {
           co_await net::async_write(s, net::buffer(out), net::use_awaitable);
           continue;
         }
+        if (model == "silent") {  // one token whose text never showed: only the terminator and usage
+          out += event(R"({"choices":[{"text":"","finish_reason":"length"}]})") +
+                 event(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}})") + event("[DONE]") + "0\r\n\r\n";
+          co_await net::async_write(s, net::buffer(out), net::use_awaitable);
+          continue;
+        }
         if (model == "midstream") {
           out += event(R"({"choices":[{"text":" a"}]})") + event(R"({"error":{"message":"kv cache gone"}})") + "0\r\n\r\n";
           co_await net::async_write(s, net::buffer(out), net::use_awaitable);
@@ -126,13 +132,14 @@ class fake_server {
         for (int k = 0; k < chunks_; ++k) {
           t.expires_after(k == 0 ? first_delay_ : gap_);
           co_await t.async_wait(net::use_awaitable);
-          const std::string fin = k + 1 == chunks_ ? R"("length")" : "null";
-          co_await net::async_write(s, net::buffer(event(R"({"object":"text_completion","choices":[{"index":0,"text":" tok","finish_reason":)" + fin + "}]}")),
+          co_await net::async_write(s, net::buffer(event(R"({"object":"text_completion","choices":[{"index":0,"text":" tok","finish_reason":null}]})")),
                                     net::use_awaitable);
           if (model == "truncate") co_return;  // closes the socket mid-body
         }
         const int64_t prompt = req.contains("prompt") && req["prompt"].is_array() ? static_cast<int64_t>(req["prompt"].size()) : 3;
-        co_await net::async_write(s, net::buffer(event(R"({"choices":[],"usage":{"prompt_tokens":)" + std::to_string(prompt) +
+        // OpenAI's shape: a separate terminator with empty text, then usage.
+        co_await net::async_write(s, net::buffer(event(R"({"choices":[{"index":0,"text":"","finish_reason":"length"}]})") +
+                                                 event(R"({"choices":[],"usage":{"prompt_tokens":)" + std::to_string(prompt) +
                                                        R"(,"completion_tokens":)" + std::to_string(chunks_) + "}}") +
                                                  event("[DONE]") + "0\r\n\r\n"),
                                   net::use_awaitable);
@@ -208,12 +215,13 @@ TEST_CASE("bench_serve: which chunks count as tokens") {
   const api_kind cmp = api_kind::api_completions, chat = api_kind::api_chat;
   CHECK(sse_classify(R"({"choices":[{"text":" hi","finish_reason":null}]})", cmp).kind == C::chunk_token);
   CHECK(sse_classify(R"({"choices":[{"text":"","finish_reason":null}]})", cmp).kind == C::chunk_token);  // held-back text
-  CHECK(sse_classify(R"({"choices":[{"text":"","finish_reason":"length"}]})", cmp).kind == C::chunk_other);
+  CHECK(sse_classify(R"({"choices":[{"text":"","finish_reason":"length"}]})", cmp).kind == C::chunk_final);
   CHECK(sse_classify(R"({"choices":[{"text":"!","finish_reason":"stop"}]})", cmp).kind == C::chunk_token);
   CHECK(sse_classify(R"({"choices":[{"delta":{"role":"assistant","content":""}}]})", chat).kind == C::chunk_other);
   CHECK(sse_classify(R"({"choices":[{"delta":{"content":"x"},"finish_reason":null}]})", chat).kind == C::chunk_token);
   CHECK(sse_classify(R"({"choices":[{"delta":{"reasoning_content":"hm"}}]})", chat).kind == C::chunk_token);
-  CHECK(sse_classify(R"({"choices":[{"delta":{},"finish_reason":"stop"}]})", chat).kind == C::chunk_other);
+  CHECK(sse_classify(R"({"choices":[{"delta":{},"finish_reason":"stop"}]})", chat).kind == C::chunk_final);
+  CHECK(sse_classify(R"({"choices":[{"delta":{"role":"assistant"},"finish_reason":"stop"}]})", chat).kind == C::chunk_other);
   const sse_chunk u = sse_classify(R"({"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34}})", cmp);
   CHECK(u.kind == C::chunk_other);
   CHECK(u.prompt_tokens == 12);
@@ -349,7 +357,7 @@ TEST_CASE("bench_serve: 200 concurrent streams against a fake server with known 
       CHECK(sum == doctest::Approx(r.e2e_s - r.ttft_s).epsilon(1e-6));
     }
     CHECK(m.ttft_s.max < 5.0);
-    CHECK(run.overhead.events == 200 * (k + 2));  // k tokens + usage + [DONE]
+    CHECK(run.overhead.events == 200 * (k + 3));  // k tokens + terminator + usage + [DONE]
     CHECK(run.overhead.connections_opened + run.overhead.connections_reused == 200);
   }
 }
@@ -378,9 +386,19 @@ TEST_CASE("bench_serve: failures are counted and described, never thrown") {
   for (auto& r : token_requests(2, "truncate", 3)) reqs.push_back(r);
   for (auto& r : token_requests(1, "midstream", 3)) reqs.push_back(r);
   for (auto& r : token_requests(5, "fake-model", 3)) reqs.push_back(r);
+  for (auto& r : token_requests(2, "silent", 1)) reqs.push_back(r);
   const client_run run = client_run_requests(options_for(server.url()), reqs, std::vector<double>(reqs.size(), 0.0));
   const bench_metrics m = metrics_compute(run.records, run.duration_s, {});
-  CHECK(m.completed == 5);
+  CHECK(m.completed == 7);
+  for (size_t i = reqs.size() - 2; i < reqs.size(); ++i) {  // the terminator carried the one token
+    CHECK(run.records[i].success);
+    CHECK(run.records[i].token_chunks == 1);
+    CHECK(run.records[i].output_tokens == 1);
+    CHECK(run.records[i].ttft_s > 0);
+  }
+  // 3 token chunks, then a terminator: usage says 3, so the terminator is not a token.
+  CHECK(run.records[10].token_chunks == 3);
+  CHECK(run.records[10].itl_s.size() == 2);
   CHECK(m.failed == 10);
   std::map<std::string, int64_t> reasons;
   for (const auto& e : error_summary(run.records)) reasons[e.message] = e.count;
