@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -27,11 +28,13 @@ struct run_result {
 std::string slurp(const std::string& path);
 
 run_result run(const std::string& args, const std::string& stdin_text = {}) {
+  // Per-process names: CTest runs test cases of this file in parallel processes.
   const auto tmp = std::filesystem::temp_directory_path();
-  const std::string err_file = (tmp / "troupe_cli_stderr.txt").string();
+  const std::string tag = std::to_string(getpid());
+  const std::string err_file = (tmp / ("troupe_cli_stderr_" + tag + ".txt")).string();
   std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>" + err_file;
   if (!stdin_text.empty()) {
-    const std::string in_file = (tmp / "troupe_cli_stdin.txt").string();
+    const std::string in_file = (tmp / ("troupe_cli_stdin_" + tag + ".txt")).string();
     std::ofstream(in_file, std::ios::binary) << stdin_text;
     cmd += " <" + in_file;
   }
@@ -68,7 +71,7 @@ std::string greedy_golden(const std::string& name) {
 }  // namespace
 
 TEST_CASE("cli: troupe logits writes float32 [n_tokens x vocab] matching transformers") {
-  const std::string out = (std::filesystem::temp_directory_path() / "troupe_cli_logits.f32").string();
+  const std::string out = (std::filesystem::temp_directory_path() / ("troupe_cli_logits_" + std::to_string(getpid()) + ".f32")).string();
   const run_result r = run("logits --model " + fixture("llama") + " --prompt-ids-file " + fixture("llama") +
                            "/prompt.txt --out " + out + " --chunked-prefill-size 48");
   REQUIRE_MESSAGE(r.code == 0, r.err);
@@ -160,7 +163,7 @@ TEST_CASE("cli: troupe tokenize --chat renders the checkpoint's template; --chat
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(r.out == "\"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi!<|eot_id|>"
                  "<|start_header_id|>assistant<|end_header_id|>\\n\\n\"\n");
-  const std::string tpl = (std::filesystem::temp_directory_path() / "troupe_cli_template.jinja").string();
+  const std::string tpl = (std::filesystem::temp_directory_path() / ("troupe_cli_template_" + std::to_string(getpid()) + ".jinja")).string();
   std::ofstream(tpl) << "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
   r = run("tokenize --chat --model " + llama3 + " --chat-template " + tpl, "[{\"role\":\"user\",\"content\":\"x\"}]\n");
   REQUIRE_MESSAGE(r.code == 0, r.err);

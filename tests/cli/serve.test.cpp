@@ -95,7 +95,8 @@ struct server {
   pid_t pid = -1;
   int port = 0;
   server() {
-    const std::string log = (std::filesystem::temp_directory_path() / "troupe_serve_test.log").string();
+    const std::string log =
+        (std::filesystem::temp_directory_path() / ("troupe_serve_test_" + std::to_string(getpid()) + ".log")).string();
     pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
