@@ -386,12 +386,8 @@ chunk_scheduler_ctl_actor::behavior_type chunk_scheduler(sched_ptr self, pipelin
       },
       [self](state_atom) { return make_state(self->state); },
       [self](prefill_sz_atom, int64_t n) -> caf::result<int64_t> {
-        const tunable limits = engine_tunables{}.chunked_prefill_size;
-        if (n < limits.min || n > limits.max)
-          return make_caf_error(errc::errc_invalid_argument, "chunked-prefill-size must be in [" +
-                                                                 std::to_string(limits.min) + ", " +
-                                                                 std::to_string(limits.max) + "], got " +
-                                                                 std::to_string(n));
+        if (std::string bad = tunable_check(engine_tunables{}.chunked_prefill_size, n); !bad.empty())
+          return make_caf_error(errc::errc_invalid_argument, bad);
         self->state.policy->set_chunked_prefill_size(n);
         return n;
       },

@@ -130,12 +130,8 @@ supervisor_actor::behavior_type supervisor(sup_ptr self, pipeline_stage_actor st
         return rp;
       },
       [self](prefill_sz_atom, int64_t n) -> caf::result<int64_t> {
-        const tunable limits = engine_tunables{}.chunked_prefill_size;
-        if (n < limits.min || n > limits.max)
-          return make_caf_error(errc::errc_invalid_argument, "chunked-prefill-size must be in [" +
-                                                                 std::to_string(limits.min) + ", " +
-                                                                 std::to_string(limits.max) + "], got " +
-                                                                 std::to_string(n));
+        if (std::string bad = tunable_check(engine_tunables{}.chunked_prefill_size, n); !bad.empty())
+          return make_caf_error(errc::errc_invalid_argument, bad);
         self->state.opt.scheduler.policy.chunked_prefill_size = n;  // a replacing scheduler keeps it
         return self->delegate(self->state.sched, prefill_sz_atom::value, n);
       },

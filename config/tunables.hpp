@@ -34,6 +34,9 @@ struct engine_tunables {
   }
 };
 
+/// Empty when `v` is inside t's range, else a message naming t ("--name must be in [min, max], got v").
+std::string tunable_check(const tunable& t, int64_t v);
+
 /// Empty when every value is inside its range, else a message naming the first one outside.
 std::string tunables_validate(engine_tunables& t);
 
