@@ -13,6 +13,7 @@ const char* errc_name(errc e) {
     case errc::errc_unknown_sequence: return "unknown_sequence";
     case errc::errc_context_overflow: return "context_overflow";
     case errc::errc_unsupported: return "unsupported";
+    case errc::errc_cuda: return "cuda";
   }
   return "unknown";
 }

@@ -20,6 +20,7 @@ enum class errc : uint8_t {
   errc_unknown_sequence,   ///< a sequence id the KV cache does not hold
   errc_context_overflow,   ///< a sequence would grow past the model's context
   errc_unsupported,        ///< a valid input troupe does not implement
+  errc_cuda,               ///< the CUDA runtime, cuBLAS or a kernel launch failed
 };
 
 /// Short stable name of an error code ("kv_exhausted").

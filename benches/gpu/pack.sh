@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Packs what a GPU-machine run needs into .carry/ (git-ignored, carried by the
-# device tool): the named binaries from build/ and the shared libraries they
-# load that the GPU machine (Ubuntu 24.04) lacks. Usage: pack.sh BINARY...
+# Packs what a GPU-machine run needs into a carry folder (git-ignored, carried
+# by the device tool): the named binaries from the build folder and the shared
+# libraries they load that the GPU machine (Ubuntu 24.04) lacks.
+# Usage: [BUILD=build] [CARRY=.carry] pack.sh BINARY...   (BINARY relative to BUILD)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mkdir -p .carry/bin .carry/lib
+BUILD=${BUILD:-build}
+CARRY=${CARRY:-.carry}
+mkdir -p "$CARRY/bin" "$CARRY/lib"
 for b in "$@"; do
-  cp "build/$b" .carry/bin/
+  cp "$BUILD/$b" "$CARRY/bin/"
   # Libraries outside glibc/libstdc++ that Ubuntu 24.04 does not ship at these sonames.
-  ldd "build/$b" | awk '/=>/ {print $3}' | grep -E 'libutf8proc|libcaf|libopenblas|libgfortran|libmsgpack|libfmt|libspdlog' |
-    while read -r lib; do cp -L "$lib" .carry/lib/; done || true
+  ldd "$BUILD/$b" | awk '/=>/ {print $3}' | grep -E 'libutf8proc|libcaf|libopenblas|libgfortran|libmsgpack|libfmt|libspdlog' |
+    while read -r lib; do cp -L "$lib" "$CARRY/lib/"; done || true
 done
-du -sh .carry
+du -sh "$CARRY"
