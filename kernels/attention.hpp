@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda_stream.hpp"
 #include "kernels/dtype.hpp"
 
 namespace troupe {
@@ -41,5 +42,53 @@ struct attention_args {
 
 /// out = softmax(scale * q k^T + mask) v, per query head; fp32 math.
 void attention_paged(const attention_args& a, const paged_kv& kv);
+
+// ---- CUDA (kernels/cuda/attention_*.cu; CUDA builds only) ----
+
+/// A ragged batch of sequences for the CUDA attention kernels: bf16 queries
+/// and outputs, the same paged K/V layout as `paged_kv` (kv.base a device
+/// pointer, kv.type bf16), fp32 math. Every pointer is a device pointer and
+/// the kernels read no per-step data on the host, so a decode launch can be
+/// captured in a CUDA graph and replayed after the arrays are rewritten.
+struct attention_batch_cuda {
+  const uint16_t* q = nullptr;            ///< bf16 [total_q][n_heads][head_dim]
+  uint16_t* out = nullptr;                ///< bf16 [total_q][n_heads][head_dim]
+  int64_t n_seqs = 0;                     ///< sequences in the batch
+  int64_t n_heads = 0;                    ///< query heads, a multiple of kv.n_kv_heads (GQA)
+  const int32_t* cu_seqlens_q = nullptr;  ///< prefill: [n_seqs + 1] first query row of each sequence (+ total)
+  const int32_t* kv_lens = nullptr;       ///< [n_seqs] keys cached per sequence, the queries' own included
+  const int32_t* q_pos0 = nullptr;        ///< prefill: [n_seqs] position of each chunk's first query
+  const int32_t* block_table = nullptr;   ///< [n_seqs][block_table_stride] page ids of each sequence, in order
+  int64_t block_table_stride = 0;         ///< entries per block-table row (>= pages of the longest sequence)
+  int64_t sliding_window = 0;             ///< 0 = full; else key k visible to query q iff q - k < window
+  float scale = 1.0f;                     ///< softmax scale, usually 1/sqrt(head_dim)
+};
+
+/// Prefill (or any chunk) attention on tensor cores: the q_len =
+/// cu_seqlens_q[i+1] - cu_seqlens_q[i] queries of sequence i, at positions
+/// q_pos0[i] + t, attend to the keys 0..q_pos0[i]+t of its pages (causal,
+/// aligned bottom-right; requires q_pos0[i] + q_len <= kv_lens[i]). head_dim
+/// 64 or 128. `max_q_len` (host value, >= every q_len) sizes the grid.
+/// Throws error(errc_invalid_argument) naming a bad argument.
+void attention_prefill_cuda(const attention_batch_cuda& b, const paged_kv& kv, int64_t max_q_len, cuda_stream s);
+
+/// Split count for attention_decode_cuda: as many (sequence, kv head, split)
+/// blocks as fit on `n_sms` multiprocessors at once (one wave), no split
+/// shorter than 128 keys of `max_kv_len`; between 1 and 256.
+int attention_decode_splits(int64_t n_seqs, int64_t n_kv_heads, int64_t max_kv_len, int n_sms);
+
+/// Bytes of device workspace attention_decode_cuda needs for these sizes.
+size_t attention_decode_workspace_bytes(int64_t n_seqs, int64_t n_heads, int64_t head_dim, int max_splits);
+
+/// Decode attention (flash-decoding): one query per sequence (q row i, at
+/// position kv_lens[i] - 1; cu_seqlens_q and q_pos0 are not read) against
+/// its pages. Each sequence's visible keys are cut into at most `max_splits`
+/// ranges; one block per (sequence, kv head, split) reads that range once for
+/// all the query heads of the group and leaves fp32 partials (max, sum, acc)
+/// in `workspace`; a second kernel combines them. The grid depends only on
+/// n_seqs and max_splits (graph-capturable). A sequence with kv_lens[i] <= 0
+/// gets zeros (padding slots of a graph bucket). head_dim 64 or 128.
+void attention_decode_cuda(const attention_batch_cuda& b, const paged_kv& kv, int max_splits, void* workspace,
+                           size_t workspace_bytes, cuda_stream s);
 
 }  // namespace troupe

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda_stream.hpp"
+
 namespace troupe {
 
 /// RoPE scaling type.
@@ -45,5 +47,31 @@ rope_table rope_inv_freq(const rope_scaling& s, int64_t rotary_dim, int64_t max_
 /// position pos[t]. The whole head_dim is rotated (rotary_dim == head_dim).
 void rope_apply(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* pos,
                 const rope_table& table);
+
+// ---- CUDA (kernels/cuda/rope.cu; CUDA builds only) ----
+
+/// In-place RoPE of bf16 queries and keys on the GPU (all pointers device
+/// memory). Head h of token t starts at q + t * q_stride + h * head_dim, so q
+/// and k may be slices of one fused QKV projection output. The math is the
+/// CPU twin's: angle = float(pos[t]) * inv_freq[i] in fp32, cos/sin of it
+/// times attention_scaling, rotate_half pairs (i, i + head_dim/2); one bf16
+/// rounding per element.
+struct rope_cuda_args {
+  uint16_t* q = nullptr;            ///< bf16 queries
+  int64_t n_q_heads = 0;
+  int64_t q_stride = 0;             ///< elements between tokens; 0 = n_q_heads * head_dim
+  uint16_t* k = nullptr;            ///< bf16 keys; null (with n_k_heads 0) to rotate q only
+  int64_t n_k_heads = 0;
+  int64_t k_stride = 0;             ///< elements between tokens; 0 = n_k_heads * head_dim
+  int64_t n_tokens = 0;
+  int64_t head_dim = 0;             ///< even, <= 1024; rotary_dim == head_dim
+  const int32_t* pos = nullptr;     ///< n_tokens positions
+  const float* inv_freq = nullptr;  ///< head_dim / 2 floats: rope_table::inv_freq, uploaded once
+  float attention_scaling = 1.0f;   ///< rope_table::attention_scaling
+};
+
+/// Rotates q and k of `a` in one launch on stream s. Throws
+/// error(errc_invalid_argument) naming a bad field, error(errc_cuda) on launch failure.
+void rope_apply_cuda(const rope_cuda_args& a, cuda_stream s);
 
 }  // namespace troupe

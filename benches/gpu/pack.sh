@@ -11,7 +11,7 @@ mkdir -p "$CARRY/bin" "$CARRY/lib"
 for b in "$@"; do
   cp "$BUILD/$b" "$CARRY/bin/"
   # Libraries outside glibc/libstdc++ that Ubuntu 24.04 does not ship at these sonames.
-  ldd "$BUILD/$b" | awk '/=>/ {print $3}' | grep -E 'libutf8proc|libcaf|libopenblas|libgfortran|libmsgpack|libfmt|libspdlog' |
+  ldd "$BUILD/$b" | awk '/=>/ {print $3}' | grep -E 'libutf8proc|libcaf|libopenblas|libgfortran|libquadmath|libgomp|libtomlplusplus|libmsgpack|libfmt|libspdlog' |
     while read -r lib; do cp -L "$lib" "$CARRY/lib/"; done || true
 done
 du -sh "$CARRY"
