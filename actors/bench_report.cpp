@@ -49,7 +49,7 @@ nlohmann::json number_or_inf(double v) { return std::isinf(v) ? nlohmann::json("
 }  // namespace
 
 void report_print(std::ostream& os, const bench_settings& s, const bench_metrics& m, const client_overhead& o,
-                  const std::vector<error_count>& errors) {
+                  const std::vector<error_count>& errors, const std::optional<gateway_overhead>& g) {
   banner(os, "Serving Benchmark Result", '=');
   row(os, "Successful requests:", m.completed);
   row(os, "Failed requests:", m.failed);
@@ -71,6 +71,12 @@ void report_print(std::ostream& os, const bench_settings& s, const bench_metrics
     row(os, "SLO attainment (%):", m.completed + m.failed ? 100.0 * static_cast<double>(m.slo_met_requests) /
                                                                static_cast<double>(m.completed + m.failed)
                                                          : 0.0);
+  }
+  if (g) {
+    banner(os, "Gateway overhead (server-reported)", '-');
+    row(os, "Requests counted by the server:", g->requests);
+    row(os, "Gateway overhead per request (ms):", g->mean_s * 1e3, 3);
+    row(os, "Share of mean E2E (%):", m.e2e_s.mean > 0 ? 100 * g->mean_s / m.e2e_s.mean : 0.0, 2);
   }
   banner(os, "Client overhead", '-');
   row(os, "Client CPU (s):", o.cpu_s);
@@ -104,17 +110,22 @@ void report_print_probe(std::ostream& os, const overhead_probe& p) {
   row(os, "Server median E2E (ms):", p.server_s.median * 1e3, 3);
   row(os, "Server P99 E2E (ms):", p.server_s.p99 * 1e3, 3);
   row(os, "Server minus floor, median (ms):", (p.server_s.median - p.echo_s.median) * 1e3, 3);
+  if (p.gateway) {
+    row(os, "Gateway overhead, server mean (ms):", p.gateway->mean_s * 1e3, 3);
+    row(os, "Engine, by difference (ms):", (p.server_s.median - p.echo_s.median - p.gateway->mean_s) * 1e3, 3);
+  }
   banner(os, "", '=');
   os << "Echo = client + HTTP + loopback floor (no model work). Server minus floor =\n"
         "time spent inside the server for a 1-token request: gateway + engine\n"
-        "(prefill of the prompt and one step); subtract the engine's own step time\n"
-        "to get the gateway's overhead. E2E here runs to the end of the response.\n";
+        "(prefill of the prompt and one step). The gateway's share is what the server\n"
+        "reports in troupe:gateway_overhead_seconds (its E2E minus the scheduler's time).\n";
   for (const error_count& e : p.errors) os << fmt::format("  {:>6}: {}\n", e.count, e.message);
 }
 
 void report_write_json(const std::string& path, const bench_settings& s, const bench_metrics& m,
                        const client_overhead& o, const std::vector<error_count>& errors,
-                       const std::optional<overhead_probe>& probe, const std::vector<request_record>& records) {
+                       const std::optional<gateway_overhead>& g, const std::optional<overhead_probe>& probe,
+                       const std::vector<request_record>& records) {
   nlohmann::json j;
   j["config"] = {{"url", s.url},
                  {"endpoint", s.endpoint},
@@ -161,6 +172,10 @@ void report_write_json(const std::string& path, const bench_settings& s, const b
                           {"cpu_us_per_event", o.events ? o.cpu_s * 1e6 / static_cast<double>(o.events) : 0.0},
                           {"connections_opened", o.connections_opened},
                           {"connections_reused", o.connections_reused}};
+  auto gateway_json = [](const std::optional<gateway_overhead>& x) {
+    return x ? nlohmann::json{{"requests", x->requests}, {"mean_ms", x->mean_s * 1e3}} : nlohmann::json(nullptr);
+  };
+  j["gateway_overhead"] = gateway_json(g);
   nlohmann::json errs = nlohmann::json::array();
   for (const error_count& e : errors) errs.push_back({{"message", e.message}, {"count", e.count}});
   j["errors"] = std::move(errs);
@@ -171,6 +186,7 @@ void report_write_json(const std::string& path, const bench_settings& s, const b
                            {"echo_e2e_ms", summary_ms(probe->echo_s)},
                            {"server_e2e_ms", summary_ms(probe->server_s)},
                            {"server_minus_floor_median_ms", (probe->server_s.median - probe->echo_s.median) * 1e3},
+                           {"gateway_overhead", gateway_json(probe->gateway)},
                            {"echo_failed", probe->echo_failed},
                            {"server_failed", probe->server_failed},
                            {"errors", std::move(perr)}};

@@ -36,6 +36,14 @@ struct bench_settings {
 
 /// The --measure-overhead result: the same requests (max_tokens = 1, one at a
 /// time) against the server and against the in-process echo server.
+/// The server's own account of its gateway overhead: the change of
+/// troupe:gateway_overhead_seconds (sum and count) over a run. Absent when the
+/// server does not export it (another server, or /metrics unreachable).
+struct gateway_overhead {
+  int64_t requests = 0;  ///< requests the server counted during the run
+  double mean_s = 0.0;   ///< mean time per request outside the engine
+};
+
 struct overhead_probe {
   int64_t requests = 0;              ///< requests sent to each
   latency_summary echo_s;            ///< echo server: request sent to response end
@@ -43,11 +51,12 @@ struct overhead_probe {
   int64_t echo_failed = 0;           ///< failures against the echo server
   int64_t server_failed = 0;         ///< failures against the server
   std::vector<error_count> errors;   ///< why, both servers together
+  std::optional<gateway_overhead> gateway;  ///< server-reported, over the probe's requests
 };
 
 /// Prints the result table.
 void report_print(std::ostream& os, const bench_settings& s, const bench_metrics& m, const client_overhead& o,
-                  const std::vector<error_count>& errors);
+                  const std::vector<error_count>& errors, const std::optional<gateway_overhead>& g);
 
 /// Prints the overhead probe's table.
 void report_print_probe(std::ostream& os, const overhead_probe& p);
@@ -55,6 +64,7 @@ void report_print_probe(std::ostream& os, const overhead_probe& p);
 /// Writes the JSON result file (throws troupe::error when it cannot).
 void report_write_json(const std::string& path, const bench_settings& s, const bench_metrics& m,
                        const client_overhead& o, const std::vector<error_count>& errors,
-                       const std::optional<overhead_probe>& probe, const std::vector<request_record>& records);
+                       const std::optional<gateway_overhead>& g, const std::optional<overhead_probe>& probe,
+                       const std::vector<request_record>& records);
 
 }  // namespace troupe

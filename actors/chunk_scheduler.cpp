@@ -85,11 +85,13 @@ void flush_done(sched_ptr self) {
 }
 
 // Answers a request that is not accepted with its one (final) event.
-void reject(sched_ptr self, const generate_request& req, const std::string& why, bool report = true) {
+void reject(sched_ptr self, const generate_request& req, const std::string& why, bool report = true,
+            bool retryable = false) {
   token_event ev;
   ev.id = req.id;
   ev.finish_reason = "error";
   ev.error = why;
+  ev.retryable = retryable;
   ev.prompt_tokens = static_cast<int32_t>(req.prompt.size());
   send_event(self, req.sink, std::move(ev));
   if (report) self->state.done.push_back(req.id);
@@ -109,6 +111,7 @@ void finish_request(sched_ptr self, uint64_t id, const std::string& reason, cons
   ev.prompt_tokens = static_cast<int32_t>(r.prompt_len);
   ev.completion_tokens = r.generated();
   ev.queue_seconds = r.queue_seconds >= 0 ? r.queue_seconds : seconds_since(r.arrival);
+  ev.engine_seconds = seconds_since(r.arrival);
   send_event(self, r.req.sink, std::move(ev));
   // A running request's pages (and sampler) are released by the next plan; a
   // waiting one holds no pages, but maybe a sampler from before a preemption.
@@ -162,8 +165,8 @@ std::string validate(const scheduler_state& st, const generate_request& req) {
 void on_generate(sched_ptr self, generate_request& req) {
   auto& st = self->state;
   if (st.opt.generate_hook) st.opt.generate_hook(req);
-  if (st.failed) return reject(self, req, "instance failed: no pipeline stage could be started");
-  if (st.opt.draining) return reject(self, req, "instance is draining");
+  if (st.failed) return reject(self, req, "instance failed: no pipeline stage could be started", true, true);
+  if (st.opt.draining) return reject(self, req, "instance is draining", true, true);
   if (st.reqs.count(req.id) != 0) return reject(self, req, "duplicate request id " + std::to_string(req.id), false);
   if (std::string bad = validate(st, req); !bad.empty()) return reject(self, req, bad);
   request r;

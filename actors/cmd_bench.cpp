@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <sstream>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -96,6 +97,39 @@ std::vector<client_request> build_requests(const std::vector<workload_item>& ite
   return reqs;
 }
 
+// The server's troupe:gateway_overhead_seconds sum and count, or nullopt.
+std::optional<std::pair<double, double>> scrape_overhead(const bench_opts& o, const http_target& t) {
+  const http_reply r = http_exchange(t, "GET", "/metrics", "", o.api_key, 30);
+  if (r.status != 200) return std::nullopt;
+  std::optional<double> sum, count;
+  std::istringstream in(r.body);
+  for (std::string line; std::getline(in, line);) {
+    auto value = [&](const char* name) -> std::optional<double> {
+      const std::string prefix = std::string(name) + " ";
+      if (line.rfind(prefix, 0) != 0) return std::nullopt;
+      try {
+        return std::stod(line.substr(prefix.size()));
+      } catch (const std::exception&) {
+        return std::nullopt;
+      }
+    };
+    if (auto v = value("troupe:gateway_overhead_seconds_sum")) sum = v;
+    if (auto v = value("troupe:gateway_overhead_seconds_count")) count = v;
+  }
+  if (!sum || !count) return std::nullopt;
+  return std::make_pair(*sum, *count);
+}
+
+// The gateway overhead over a run from two scrapes.
+std::optional<gateway_overhead> overhead_between(const std::optional<std::pair<double, double>>& a,
+                                                 const std::optional<std::pair<double, double>>& b) {
+  if (!a || !b || b->second <= a->second) return std::nullopt;
+  gateway_overhead g;
+  g.requests = static_cast<int64_t>(b->second - a->second);
+  g.mean_s = (b->first - a->first) / (b->second - a->second);
+  return g;
+}
+
 // --measure-overhead: the same 1-token requests, one at a time, to the echo
 // server and to the server; the first request of each warms the connection and is dropped.
 overhead_probe run_probe(const bench_opts& o, client_options copts, const std::vector<workload_item>& items,
@@ -125,7 +159,9 @@ overhead_probe run_probe(const bench_opts& o, client_options copts, const std::v
     e.target = http_target{"127.0.0.1", std::to_string(echo.port()), ""};
     p.echo_s = measure(e, p.echo_failed);
   }
+  const auto before = scrape_overhead(o, copts.target);
   p.server_s = measure(copts, p.server_failed);
+  p.gateway = overhead_between(before, scrape_overhead(o, copts.target));
   p.errors = error_summary(all);
   return p;
 }
@@ -190,10 +226,12 @@ int run_serve(bench_opts& o) {
                            o.max_concurrency > 0 ? std::to_string(o.max_concurrency) : std::string("None"))
             << std::flush;
 
+  const auto scrape0 = scrape_overhead(o, target);
   const client_run run = client_run_requests(copts, reqs, arrivals);
+  const std::optional<gateway_overhead> gw = overhead_between(scrape0, scrape_overhead(o, target));
   const bench_metrics m = metrics_compute(run.records, run.duration_s, slo);
   const std::vector<error_count> errors = error_summary(run.records);
-  report_print(std::cout, s, m, run.overhead, errors);
+  report_print(std::cout, s, m, run.overhead, errors, gw);
 
   std::optional<overhead_probe> probe;
   if (o.measure_overhead) {
@@ -201,7 +239,7 @@ int run_serve(bench_opts& o) {
     report_print_probe(std::cout, *probe);
   }
   if (!o.result_json.empty()) {
-    report_write_json(o.result_json, s, m, run.overhead, errors, probe, run.records);
+    report_write_json(o.result_json, s, m, run.overhead, errors, gw, probe, run.records);
     std::cout << "JSON written: " << o.result_json << '\n';
   }
   if (!o.plot.empty()) {

@@ -1,100 +1,220 @@
-// `troupe serve`: one node, one instance (chunk_scheduler + pipeline_stage
-// under a supervisor) behind the OpenAI-compatible gateway. SIGINT/SIGTERM
-// drain: /health turns 503, the HTTP server lets in-flight responses finish
-// for a grace period, then the actor system shuts down.
+// `troupe serve`: one node, its instances (chunk_scheduler + pipeline_stage
+// under a supervisor each) behind a router, an admin and the OpenAI-compatible
+// gateway. Without --config it serves one instance of --model (the demo model
+// by default); with --config it serves every instance of a one-node
+// cluster.toml. The gateway listens before the weights load (/health answers
+// 503 "starting"); "listening on URL" is printed once every instance is ready.
+// SIGINT/SIGTERM drain: /health turns 503, in-flight responses get a grace
+// period, then the actor system shuts down.
 #include <CLI/CLI.hpp>
 
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
-#include "actors/chunk_scheduler.hpp"
+#include "actors/admin.hpp"
 #include "actors/commands.hpp"
 #include "actors/errors.hpp"
 #include "actors/gateway.hpp"
 #include "actors/instance.hpp"
 #include "actors/messages.hpp"
+#include "actors/router.hpp"
+#include "config/cluster_config.hpp"
 #include "config/errors.hpp"
 #include "config/tunables.hpp"
-#include "kernels/device.hpp"
-#include "model/generation_config.hpp"
 #include "model/tokenizer.hpp"
 
 namespace troupe {
 
-command command_serve(CLI::App& app) {
-  struct opts {
-    gateway_options gw;
-    std::string model_dir = default_model_dir().string(), device = "auto", chat_template;
-    engine_tunables tun;
-    size_t max_body_mib = 8;
+namespace {
+
+struct serve_opts {
+  gateway_options gw;
+  std::string api_key, model_dir = default_model_dir().string(), device = "auto", chat_template, config;
+  engine_tunables tun;
+  size_t max_body_mib = 8;
+};
+
+// The backend a device spec runs on. The CUDA model backend does not exist
+// yet, so "auto" is the CPU and an explicit CUDA device is refused.
+std::string resolve_device(const std::string& spec, const std::string& who) {
+  if (spec == "auto" || spec == "cpu") return "cpu";
+  throw error(errc::errc_unsupported,
+              who + ": device '" + spec + "': this build has no CUDA model backend yet; use cpu or auto");
+}
+
+// What to serve: instances and the gateway, from the flags or a cluster.toml.
+struct serve_plan {
+  std::vector<instance_options> instances;
+  gateway_options gw;
+};
+
+serve_plan plan_from_flags(serve_opts& o) {
+  serve_plan p;
+  resolve_device(o.device, "--device");
+  instance_options io;
+  io.name = "instance-0";
+  io.model_dir = o.model_dir;
+  io.tunables = o.tun;
+  p.instances.push_back(std::move(io));
+  p.gw = o.gw;
+  p.gw.model_dir = o.model_dir;
+  p.gw.chat_template_file = o.chat_template;
+  p.gw.max_body_bytes = o.max_body_mib << 20;
+  if (!o.api_key.empty()) p.gw.api_keys = {o.api_key};
+  return p;
+}
+
+serve_plan plan_from_config(const serve_opts& o, CLI::App* cmd) {
+  for (const char* flag : {"--model", "--device", "--chat-template", "--served-model-name", "--max-body-mib",
+                           "--http-threads", "--max-queue"})
+    if (cmd->count(flag) != 0)
+      throw error(errc::errc_invalid_argument, std::string(flag) + " conflicts with --config: set it in " + o.config);
+  for (const tunable* t : engine_tunables{}.all())
+    if (cmd->count(std::string("--") + t->name) != 0)
+      throw error(errc::errc_invalid_argument, std::string("--") + t->name + " conflicts with --config: set it in " +
+                                                   o.config + " under [instances.tunables]");
+  const cluster_config c = cluster_config_load(o.config);
+  const std::string where = o.config + ": ";
+  if (c.nodes.size() != 1)
+    throw error(errc::errc_invalid_config, where + "troupe serve runs a one-node cluster; this one has " +
+                                               std::to_string(c.nodes.size()) + " nodes");
+  serve_plan p;
+  const instance_config& first = c.instances.front();
+  for (const instance_config& ic : c.instances) {
+    if (ic.role != "mixed")
+      throw error(errc::errc_invalid_config, where + "instance '" + ic.name + "': role '" + ic.role +
+                                                 "' needs the disaggregated runtime; troupe serve runs mixed instances");
+    if (ic.stages.size() != 1)
+      throw error(errc::errc_invalid_config, where + "instance '" + ic.name + "' has " +
+                                                 std::to_string(ic.stages.size()) +
+                                                 " stages; troupe serve runs one stage per instance");
+    if (ic.model != first.model || ic.chat_template != first.chat_template)
+      throw error(errc::errc_invalid_config, where + "instance '" + ic.name +
+                                                 "' serves another model or template than '" + first.name +
+                                                 "'; one gateway serves one model");
+    resolve_device(ic.stages[0].device, where + "instance '" + ic.name + "'");
+    instance_options io;
+    io.name = ic.name;
+    io.model_dir = ic.model;
+    io.tunables = ic.tunables;
+    p.instances.push_back(std::move(io));
+  }
+  const gateway_config& g = c.gateway;
+  p.gw.host = cmd->count("--host") ? o.gw.host : g.host;
+  p.gw.port = cmd->count("--port") ? o.gw.port : g.port;
+  p.gw.api_keys = cmd->count("--api-key") ? std::vector<std::string>{o.api_key} : g.api_keys;
+  p.gw.admin_key = cmd->count("--admin-key") ? o.gw.admin_key : g.admin_key;
+  p.gw.model_name = g.served_model_name;
+  p.gw.http_threads = static_cast<int>(g.http_threads);
+  p.gw.max_queue = static_cast<int32_t>(g.max_queue);
+  p.gw.max_body_bytes = static_cast<size_t>(g.max_body_mib) << 20;
+  p.gw.model_dir = first.model;
+  p.gw.chat_template_file = first.chat_template;
+  return p;
+}
+
+int run_serve(serve_plan plan) {
+  // Block the stop signals in every thread; the main thread waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // Everything that can be checked without loading weights is checked first.
+  const tokenizer tok = tokenizer::load(plan.gw.model_dir);
+  int64_t max_model_len = 0;
+  for (instance_options& io : plan.instances) {
+    io.extra_eos_token_ids = tok.eos_ids();
+    const instance_plan ip = instance_plan_make(io);
+    max_model_len = max_model_len == 0 ? ip.max_model_len : std::min(max_model_len, ip.max_model_len);
+  }
+  plan.gw.max_model_len = max_model_len;
+
+  caf::actor_system_config cfg;
+  messages_register(cfg);
+  register_troupe_errors(cfg);
+  caf::actor_system sys{cfg};
+  const router_actor router = router_spawn(sys);
+  const admin_actor admin = admin_spawn(sys, router);
+  for (const instance_options& io : plan.instances) caf::anon_send(router, join_atom::value, instance_join{io.name});
+  gateway gw(sys, router, admin, plan.gw);
+  spdlog::info("troupe serve: gateway on http://{}:{}; loading {} instance(s) of {}", plan.gw.host, gw.port(),
+               plan.instances.size(), plan.gw.model_dir.string());
+
+  std::vector<supervisor_actor> running;
+  auto stop_all = [&] {
+    gw.set_accepting(false);
+    gw.stop();
+    for (const supervisor_actor& s : running) caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
   };
-  auto o = std::make_shared<opts>();
+  for (const instance_options& io : plan.instances) {
+    try {
+      running.push_back(instance_spawn(sys, io));
+    } catch (const std::exception& e) {
+      caf::anon_send(router, join_atom::value, instance_join{io.name, "mixed", {}, e.what()});
+      stop_all();
+      throw;
+    }
+    caf::anon_send(router, join_atom::value, instance_join{io.name, "mixed", running.back(), ""});
+  }
+  // Ready once the router has seen every instance answer.
+  for (int tries = 0;; ++tries) {
+    caf::scoped_actor self{sys};
+    std::string status;
+    self->request(router, std::chrono::seconds(30), state_atom::value)
+        .receive(
+            [&](const cluster_state& cs) {
+              status = "ready";
+              for (const instance_state& s : cs.instances)
+                if (s.status != "ready") status = s.name + " is " + s.status;
+            },
+            [&](const caf::error& e) { status = sys.render(e); });
+    if (status == "ready") break;
+    if (tries == 300) {
+      stop_all();
+      throw error(errc::errc_io, "the instances did not become ready: " + status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  spdlog::info("troupe serve: model {} ({}), max_model_len {}, {} instance(s), cpu backend, listening on http://{}:{}",
+               plan.gw.model_name.empty() ? plan.gw.model_dir.filename().string() : plan.gw.model_name,
+               plan.gw.model_dir.string(), max_model_len, plan.instances.size(), plan.gw.host, gw.port());
+  std::fprintf(stdout, "listening on http://%s:%u\n", plan.gw.host.c_str(), static_cast<unsigned>(gw.port()));
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("troupe serve: signal {}, draining", sig);
+  stop_all();
+  return 0;
+}
+
+}  // namespace
+
+command command_serve(CLI::App& app) {
+  auto o = std::make_shared<serve_opts>();
   CLI::App* cmd = app.add_subcommand("serve", "serve a model through an OpenAI-compatible HTTP API");
+  cmd->add_option("--config", o->config, "a one-node cluster.toml (instances, gateway); see config/examples/");
   cmd->add_option("--model", o->model_dir, "checkpoint directory")->capture_default_str();
   cmd->add_option("--host", o->gw.host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", o->gw.port, "port to listen on (0: any free port, printed at start)")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_option("--device", o->device, "cpu, cuda[:N] or auto")->capture_default_str();
   cmd->add_option("--served-model-name", o->gw.model_name, "model id clients use (default: the folder name)");
   cmd->add_option("--chat-template", o->chat_template, "a Jinja file overriding the checkpoint's chat template");
-  cmd->add_option("--api-key", o->gw.api_key, "require 'Authorization: Bearer KEY' on /v1 and /tokenize");
+  cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1 and /tokenize");
   cmd->add_option("--admin-key", o->gw.admin_key, "enable /admin/* behind 'Authorization: Bearer KEY'");
   cmd->add_option("--max-body-mib", o->max_body_mib, "largest request body accepted (413 above)")->capture_default_str();
   cmd->add_option("--http-threads", o->gw.http_threads, "HTTP I/O threads")->capture_default_str();
   cmd->add_option("--max-queue", o->gw.max_queue, "requests in flight before 503")->capture_default_str();
   for (tunable* v : o->tun.all()) cmd->add_option(std::string("--") + v->name, v->value, v->doc)->capture_default_str();
-  return {cmd, [o] {
+  return {cmd, [o, cmd] {
             if (std::string bad = tunables_validate(o->tun); !bad.empty()) throw error(errc::errc_invalid_argument, bad);
-            if (o->device == "cuda")
-              throw error(errc::errc_unsupported, "--device cuda: the CUDA model backend is not built yet; use --device cpu");
-            // Block the stop signals in every thread; the main thread waits for them below.
-            sigset_t stop_signals;
-            sigemptyset(&stop_signals);
-            sigaddset(&stop_signals, SIGINT);
-            sigaddset(&stop_signals, SIGTERM);
-            pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
-            caf::actor_system_config cfg;
-            messages_register(cfg);
-            register_troupe_errors(cfg);
-            caf::actor_system sys{cfg};
-            instance_options io;
-            io.name = "instance-0";
-            io.model_dir = o->model_dir;
-            io.tunables = o->tun;
-            const tokenizer tok = tokenizer::load(o->model_dir);
-            io.extra_eos_token_ids = tok.eos_ids();
-            chunk_scheduler_actor inst = instance_spawn(sys, io);
-            instance_state st;
-            {
-              caf::scoped_actor self{sys};
-              self->request(inst, std::chrono::seconds(30), state_atom::value)
-                  .receive([&](const instance_state& s) { st = s; },
-                           [&](const caf::error& e) {
-                             throw error(errc::errc_io, "the instance did not start: " + sys.render(e));
-                           });
-            }
-            o->gw.model_dir = o->model_dir;
-            o->gw.chat_template_file = o->chat_template;
-            o->gw.max_model_len = st.max_model_len;
-            o->gw.max_body_bytes = o->max_body_mib << 20;
-            gateway gw(sys, inst, o->gw);
-            gw.set_ready(true);
-            spdlog::info("troupe serve: model {} ({}), max_model_len {}, cpu backend, listening on http://{}:{}",
-                         o->gw.model_name.empty() ? o->model_dir : o->gw.model_name, o->model_dir, st.max_model_len,
-                         o->gw.host, gw.port());
-            std::fprintf(stdout, "listening on http://%s:%u\n", o->gw.host.c_str(), static_cast<unsigned>(gw.port()));
-            std::fflush(stdout);
-            int sig = 0;
-            sigwait(&stop_signals, &sig);
-            spdlog::info("troupe serve: signal {}, draining", sig);
-            gw.set_ready(false);
-            gw.stop();
-            caf::anon_send_exit(inst, caf::exit_reason::user_shutdown);
-            return 0;
+            return run_serve(o->config.empty() ? plan_from_flags(*o) : plan_from_config(*o, cmd));
           }};
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/constant_time.hpp"
+#include "actors/errors.hpp"
 #include "actors/gateway_core.hpp"
 #include "actors/openai_response.hpp"
 #include "config/errors.hpp"
@@ -45,6 +46,7 @@ nlohmann::ordered_json state_json(const instance_state& st) {
   j["kv_pages_free"] = st.kv_pages_free;
   j["kv_usage"] = st.kv_pages_total ? 1.0 - static_cast<double>(st.kv_pages_free) / static_cast<double>(st.kv_pages_total) : 0.0;
   j["chunked_prefill_size"] = st.chunked_prefill_size;
+  j["max_model_len"] = st.max_model_len;
   j["prompt_tokens_total"] = st.prompt_tokens_total;
   j["generation_tokens_total"] = st.generation_tokens_total;
   j["preemptions_total"] = st.preemptions_total;
@@ -52,27 +54,71 @@ nlohmann::ordered_json state_json(const instance_state& st) {
   return j;
 }
 
-// Asks the instance for its state and hands it (or nullopt on error/timeout) to `then`.
+// The cluster's status for /health: ready when any instance is; else the most
+// hopeful state of any instance.
+std::string cluster_status(const cluster_state& cs) {
+  for (const char* s : {"ready", "starting", "restarting", "draining"})
+    for (const instance_state& i : cs.instances)
+      if (i.status == s) return s;
+  return cs.instances.empty() ? "no instances" : "failed";
+}
+
+// Asks the router for every instance's state and hands it (or nullopt on
+// error/timeout) to `then`, from a one-shot actor.
 template <class F>
 void with_state(const std::shared_ptr<gateway_core>& core, F then) {
   core->sys->spawn([core, then](caf::event_based_actor* self) {
-    self->request(core->instance, ask_timeout, state_atom::value)
-        .then([then](const instance_state& st) { then(std::optional<instance_state>(st)); },
-              [then](const caf::error&) { then(std::optional<instance_state>()); });
+    self->request(core->router, ask_timeout, state_atom::value)
+        .then([then](const cluster_state& st) { then(std::optional<cluster_state>(st)); },
+              [then](const caf::error&) { then(std::optional<cluster_state>()); });
   });
 }
 
 void handle_metrics(const std::shared_ptr<gateway_core>& core, const writer_ptr& w) {
-  with_state(core, [core, w](std::optional<instance_state> st) {
-    if (st) {
-      core->metrics->running.set(st->running);
-      core->metrics->waiting.set(st->waiting);
-      core->metrics->kv_usage.set(st->kv_pages_total ? 1.0 - static_cast<double>(st->kv_pages_free) /
-                                                               static_cast<double>(st->kv_pages_total)
-                                                     : 0.0);
+  with_state(core, [core, w](std::optional<cluster_state> cs) {
+    if (cs) {
+      int64_t running = 0, waiting = 0, total = 0, free = 0;
+      for (const instance_state& i : cs->instances) {
+        running += i.running;
+        waiting += i.waiting;
+        total += i.kv_pages_total;
+        free += i.kv_pages_free;
+      }
+      core->metrics->running.set(static_cast<double>(running));
+      core->metrics->waiting.set(static_cast<double>(waiting));
+      core->metrics->kv_usage.set(total ? 1.0 - static_cast<double>(free) / static_cast<double>(total) : 0.0);
     }
     w->respond(200, "text/plain; version=0.0.4", core->registry.render());
   });
+}
+
+// The admin error of a failed admin message: 400 naming `param` for a bad
+// value or an unknown instance, 503 when the actors did not answer.
+openai_error admin_error(caf::actor_system& sys, const caf::error& e, const std::string& param) {
+  const bool invalid = errc_from_caf(e) == errc::errc_invalid_argument;
+  std::string what = e.context().match_elements<std::string>() ? e.context().get_as<std::string>(0) : sys.render(e);
+  return {invalid ? 400 : 503, std::move(what), invalid ? param : "", ""};
+}
+
+// Parses an admin body: a JSON object (or nothing) with an optional string
+// "instance" ("" = every instance) and, when `size` is given, a required
+// positive integer "size".
+std::optional<openai_error> admin_body(const http_request& r, std::string& instance, int64_t* size) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!r.body.empty()) {
+    j = nlohmann::json::parse(r.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return openai_error{400, "the body must be a JSON object", "", ""};
+  }
+  if (j.contains("instance")) {
+    if (!j["instance"].is_string()) return openai_error{400, "instance must be a string", "instance", ""};
+    instance = j["instance"].get<std::string>();
+  }
+  if (size != nullptr) {
+    if (!j.contains("size") || !j["size"].is_number_integer())
+      return openai_error{400, "expected {\"size\": positive integer}", "size", ""};
+    *size = j["size"].get<int64_t>();
+  }
+  return std::nullopt;
 }
 
 void handle_admin(const std::shared_ptr<gateway_core>& core, const http_request& r, const writer_ptr& w) {
@@ -81,37 +127,39 @@ void handle_admin(const std::shared_ptr<gateway_core>& core, const http_request&
     return respond_error(w, {401, "missing or wrong admin key", "", "invalid_api_key"});
   const std::string_view path = r.path();
   if (path == "/admin/state" && r.method == "GET") {
-    return with_state(core, [w](std::optional<instance_state> st) {
-      if (!st) return respond_error(w, {503, "the instance did not answer", "", ""});
-      nlohmann::ordered_json j;
-      j["instances"] = nlohmann::ordered_json::array({state_json(*st)});
-      respond_json(w, 200, j.dump());
+    core->sys->spawn([core, w](caf::event_based_actor* self) {
+      self->request(core->admin, ask_timeout, state_atom::value)
+          .then(
+              [w](const cluster_state& cs) {
+                nlohmann::ordered_json j;
+                j["status"] = cluster_status(cs);
+                j["instances"] = nlohmann::ordered_json::array();
+                for (const instance_state& i : cs.instances) j["instances"].push_back(state_json(i));
+                respond_json(w, 200, j.dump());
+              },
+              [core, w](const caf::error& e) { respond_error(w, admin_error(*core->sys, e, "")); });
     });
+    return;
   }
   if (r.method != "POST") return respond_error(w, {405, "use POST", "", ""});
+  std::string instance;
   if (path == "/admin/chunked-prefill") {
     int64_t size = 0;
-    try {
-      const auto j = nlohmann::json::parse(r.body);
-      if (!j.is_object() || !j.contains("size") || !j["size"].is_number_integer()) throw std::runtime_error("");
-      size = j["size"].get<int64_t>();
-    } catch (const std::exception&) {
-      return respond_error(w, {400, "expected {\"size\": positive integer}", "size", ""});
-    }
-    if (size < 1) return respond_error(w, {400, "size must be >= 1", "size", ""});
-    core->sys->spawn([core, w, size](caf::event_based_actor* self) {
-      self->request(core->instance, ask_timeout, prefill_sz_atom::value, size)
+    if (auto e = admin_body(r, instance, &size)) return respond_error(w, *e);
+    core->sys->spawn([core, w, instance, size](caf::event_based_actor* self) {
+      self->request(core->admin, ask_timeout, prefill_sz_atom::value, instance, size)
           .then([w](int64_t v) { respond_json(w, 200, nlohmann::json{{"chunked_prefill_size", v}}.dump()); },
-                [w](const caf::error& e) { respond_error(w, {400, caf::to_string(e), "size", ""}); });
+                [core, w](const caf::error& e) { respond_error(w, admin_error(*core->sys, e, "size")); });
     });
     return;
   }
   if (path == "/admin/drain" || path == "/admin/undrain") {
     const bool drain = path == "/admin/drain";
-    core->sys->spawn([core, w, drain](caf::event_based_actor* self) {
-      self->request(core->instance, ask_timeout, drain_atom::value, drain)
+    if (auto e = admin_body(r, instance, nullptr)) return respond_error(w, *e);
+    core->sys->spawn([core, w, drain, instance](caf::event_based_actor* self) {
+      self->request(core->admin, ask_timeout, drain_atom::value, instance, drain)
           .then([w](bool v) { respond_json(w, 200, nlohmann::json{{"draining", v}}.dump()); },
-                [w](const caf::error& e) { respond_error(w, {503, caf::to_string(e), "", ""}); });
+                [core, w](const caf::error& e) { respond_error(w, admin_error(*core->sys, e, "instance")); });
     });
     return;
   }
@@ -125,7 +173,7 @@ void handle_completion(const std::shared_ptr<gateway_core>& core, const http_req
   if (!parsed.ok()) return respond_error(w, parsed.error);
   openai_request& req = *parsed.value;
   if (!req.model.empty() && req.model != core->opt.model_name) return respond_error(w, openai_error_model_not_found(req.model));
-  if (!core->ready.load()) return respond_error(w, {503, "the server is starting", "", ""});
+  if (!core->accepting.load()) return respond_error(w, {503, "the server is stopping", "", ""});
   if (core->in_flight.fetch_add(1) >= core->opt.max_queue) {
     core->in_flight.fetch_sub(1);
     return respond_error(w, {503, "too many requests in flight; retry later", "", ""});
@@ -169,18 +217,23 @@ void handle_detokenize(const std::shared_ptr<gateway_core>& core, const http_req
 void handle(const std::shared_ptr<gateway_core>& core, http_request r, writer_ptr w) {
   const std::string path(r.path());
   if (path == "/health") {
-    if (!core->ready.load()) return respond_json(w, 503, "{\"status\":\"starting\"}");
-    return with_state(core, [w](std::optional<instance_state> st) {
-      const bool ok = st && st->status == "ready";
-      respond_json(w, ok ? 200 : 503, nlohmann::json{{"status", st ? st->status : "unreachable"}}.dump());
+    if (!core->accepting.load()) return respond_json(w, 503, "{\"status\":\"stopping\"}");
+    return with_state(core, [w](std::optional<cluster_state> cs) {
+      const std::string status = cs ? cluster_status(*cs) : "unreachable";
+      respond_json(w, status == "ready" ? 200 : 503, nlohmann::json{{"status", status}}.dump());
     });
   }
   if (path == "/metrics") return handle_metrics(core, w);
   if (path.rfind("/admin/", 0) == 0) return handle_admin(core, r, w);
   const bool api = path.rfind("/v1/", 0) == 0 || path == "/tokenize" || path == "/detokenize";
   if (!api) return respond_error(w, {404, "not found: " + path, "", ""});
-  if (!core->opt.api_key.empty() && !constant_time_equal(bearer(r), core->opt.api_key))
-    return respond_error(w, openai_error_invalid_api_key());
+  if (!core->opt.api_keys.empty()) {
+    // Compare with every key (no early exit) so timing tells nothing about which one is near.
+    const std::string given = bearer(r);
+    bool ok = false;
+    for (const std::string& k : core->opt.api_keys) ok |= constant_time_equal(given, k);
+    if (!ok) return respond_error(w, openai_error_invalid_api_key());
+  }
   if (path == "/v1/models" && r.method == "GET")
     return respond_json(w, 200, openai_models({{core->opt.model_name, core->created, core->opt.max_model_len}}));
   const bool known = path == "/v1/completions" || path == "/v1/chat/completions" || path == "/tokenize" ||
@@ -207,15 +260,20 @@ gateway_metrics::gateway_metrics(prometheus_registry& r)
                       {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1})),
       e2e(r.histogram("troupe:e2e_request_latency_seconds", "End-to-end request latency",
                       {0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60})),
+      overhead(r.histogram("troupe:gateway_overhead_seconds",
+                           "Time of a request outside the engine: end-to-end in the gateway minus the scheduler's time "
+                           "(tokenizing, templates, detokenizing, actor hops, response writing)",
+                           {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1})),
       running(r.gauge("troupe:num_requests_running", "Requests in the running batch")),
       waiting(r.gauge("troupe:num_requests_waiting", "Requests waiting to be scheduled")),
       kv_usage(r.gauge("troupe:kv_cache_usage_perc", "Fraction of KV-cache pages in use")) {}
 
-gateway::gateway(caf::actor_system& sys, chunk_scheduler_actor instance, gateway_options opt)
+gateway::gateway(caf::actor_system& sys, router_actor router, admin_actor admin, gateway_options opt)
     : core_(std::make_shared<gateway_core>()) {
   gateway_core& c = *core_;
   c.sys = &sys;
-  c.instance = std::move(instance);
+  c.router = std::move(router);
+  c.admin = std::move(admin);
   c.opt = std::move(opt);
   if (c.opt.model_name.empty()) c.opt.model_name = std::filesystem::absolute(c.opt.model_dir).filename().string();
   c.tok = tokenizer::load(c.opt.model_dir);
@@ -247,7 +305,7 @@ gateway::~gateway() { stop(); }
 
 uint16_t gateway::port() const { return core_->server->port(); }
 
-void gateway::set_ready(bool ready) { core_->ready.store(ready); }
+void gateway::set_accepting(bool accepting) { core_->accepting.store(accepting); }
 
 void gateway::stop() {
   if (core_ && core_->server) core_->server->stop();

@@ -2,7 +2,8 @@
 // whose handler turns each request into actor work without blocking its I/O
 // threads. A completion request becomes one short-lived request actor (the
 // sink of its token events), which tokenizes, renders the chat template,
-// sends one generate_request per choice to the router, detokenizes and
+// sends one generate_request per choice to the router (which answers with
+// the instance that took it, where cancels then go), detokenizes and
 // matches stop strings as tokens arrive, and writes the JSON or SSE answer.
 // A client that disconnects kills its request actor; the scheduler monitors
 // sinks and cancels their requests, freeing the KV pages within one step.
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "actors/messages.hpp"
 
@@ -29,10 +31,10 @@ struct gateway_options {
   std::filesystem::path model_dir;      ///< tokenizer, chat template, generation_config
   std::string model_name;               ///< the id clients use ("" = the folder name)
   std::filesystem::path chat_template_file;  ///< overrides the checkpoint's template
-  std::string api_key;                  ///< "" = no authentication on /v1
+  std::vector<std::string> api_keys;    ///< any of them is accepted on /v1 (none: no authentication)
   std::string admin_key;                ///< "" = /admin disabled
   size_t max_body_bytes = 8u << 20;
-  int64_t max_model_len = 0;            ///< the instance's context length
+  int64_t max_model_len = 0;            ///< the instances' context length (the smallest)
   int32_t max_queue = 4096;             ///< requests in flight above this get 503
 };
 
@@ -42,13 +44,15 @@ struct gateway_core;
 class gateway {
  public:
   /// Loads the tokenizer and chat template (errors name the file) and starts
-  /// listening (errc_io naming the address when binding fails).
-  gateway(caf::actor_system& sys, chunk_scheduler_actor instance, gateway_options opt);
+  /// listening (errc_io naming the address when binding fails). Requests go
+  /// to `router`, /admin/* calls to `admin`; /health reflects the instances
+  /// the router knows (503 until one is ready).
+  gateway(caf::actor_system& sys, router_actor router, admin_actor admin, gateway_options opt);
   ~gateway();
   /// The bound port.
   uint16_t port() const;
-  /// Marks the server ready (/health 200) or not (503).
-  void set_ready(bool ready);
+  /// Accepts completions (true) or answers 503 "stopping" (false, at shutdown).
+  void set_accepting(bool accepting);
   /// Stops the HTTP server (in-flight responses get a short grace period).
   void stop();
 

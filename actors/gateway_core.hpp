@@ -26,6 +26,7 @@ struct gateway_metrics {
   prometheus_histogram& ttft;
   prometheus_histogram& itl;
   prometheus_histogram& e2e;
+  prometheus_histogram& overhead;
   prometheus_gauge& running;
   prometheus_gauge& waiting;
   prometheus_gauge& kv_usage;
@@ -33,7 +34,8 @@ struct gateway_metrics {
 
 struct gateway_core {
   caf::actor_system* sys = nullptr;
-  chunk_scheduler_actor instance;
+  router_actor router;
+  admin_actor admin;
   gateway_options opt;
   std::optional<tokenizer> tok;
   std::optional<chat_template> tpl;
@@ -43,7 +45,7 @@ struct gateway_core {
   int64_t created = 0;
   std::atomic<uint64_t> next_id{1};
   std::atomic<int32_t> in_flight{0};
-  std::atomic<bool> ready{false};
+  std::atomic<bool> accepting{true};
   prometheus_registry registry;
   std::unique_ptr<gateway_metrics> metrics;
   std::unique_ptr<http_server> server;

@@ -38,6 +38,10 @@ struct choice_state {
   std::string finish;        // finish_reason
   std::string error;
   int32_t completion_tokens = 0;
+  bool retryable = false;    // refused before it started (HTTP 503)
+  double engine_seconds = 0.0;
+  supervisor_actor instance;  // the instance the router chose (cancels go there)
+  bool cancel_pending = false;  // stopped before the router's answer arrived
   std::vector<openai_token_logprob> logprobs;
   clock_type::time_point last_token{};
 };
@@ -126,22 +130,27 @@ void stream_choice_delta(request_actor* self, choice_state& c, bool final_chunk)
 void finish_request(request_actor* self) {
   request_state& s = self->state;
   gateway_metrics& m = *s.core->metrics;
-  m.e2e.observe(seconds(s.t0, clock_type::now()));
   openai_usage usage{s.prompt_tokens, 0};
   std::string error;
+  int status = 500;
+  double engine = 0.0;
   for (const choice_state& c : s.choices) {
     usage.completion_tokens += c.completion_tokens;
-    if (!c.error.empty() && error.empty()) error = c.error;
+    engine = std::max(engine, c.engine_seconds);
+    if (!c.error.empty() && error.empty()) {
+      error = c.error;
+      status = c.retryable ? 503 : 500;
+    }
   }
   (error.empty() ? m.requests_ok : m.requests_failed).inc();
   if (s.req.stream) {
-    if (!error.empty()) s.writer->write(sse_event(openai_error_body(500, error)));
+    if (!error.empty()) s.writer->write(sse_event(openai_error_body(status, error)));
     if (s.req.include_usage)
       s.writer->write(sse_event(openai_usage_chunk(object_name(s), s.oid, s.core->created, s.req.model, usage)));
     s.writer->write(std::string(sse_done));
     s.writer->finish();
   } else if (!error.empty()) {
-    s.writer->respond(500, "application/json", openai_error_body(500, error));
+    s.writer->respond(status, "application/json", openai_error_body(status, error));
   } else {
     std::vector<openai_choice> out;
     for (choice_state& c : s.choices) {
@@ -157,6 +166,11 @@ void finish_request(request_actor* self) {
                       is_chat(s) ? openai_chat_completion(s.oid, s.core->created, s.req.model, out, usage)
                                  : openai_completion(s.oid, s.core->created, s.req.model, out, usage));
   }
+  // The gateway's own share: everything but the scheduler's time (from its
+  // receipt of the request to the final event), measured after the last write.
+  const double e2e = seconds(s.t0, clock_type::now());
+  m.e2e.observe(e2e);
+  if (engine > 0.0) m.overhead.observe(std::max(0.0, e2e - engine));
   self->quit();
 }
 
@@ -193,7 +207,8 @@ void on_tokens(request_actor* self, const token_event& ev) {
     if (append_checking_stop(s, c, c.detok->push(t))) {
       c.stopped = true;
       c.finish = "stop";
-      self->send(s.core->instance, cancel_atom::value, c.id);
+      if (c.instance) self->send(c.instance, cancel_atom::value, c.id);
+      else c.cancel_pending = true;
     }
   }
   if (!ev.finish_reason.empty()) {
@@ -201,12 +216,36 @@ void on_tokens(request_actor* self, const token_event& ev) {
       append_checking_stop(s, c, c.detok->flush());
       c.finish = ev.finish_reason == "abort" ? "stop" : ev.finish_reason;
       if (ev.finish_reason == "error") c.error = ev.error.empty() ? "generation failed" : ev.error;
+      c.retryable = ev.retryable;
     }
+    c.engine_seconds = ev.engine_seconds;
     c.done = true;
     --s.remaining;
   }
   if (s.req.stream && s.writer->closed() == false) stream_choice_delta(self, c, c.done && c.error.empty());
   if (s.remaining == 0) finish_request(self);
+}
+
+// Sends one choice's request through the router and remembers the instance
+// that took it; a router that does not answer fails the choice.
+void route(request_actor* self, generate_request g) {
+  const uint64_t id = g.id;
+  self->request(self->state.core->router, caf::infinite, generate_atom::value, std::move(g))
+      .then(
+          [self, id](const supervisor_actor& inst) {
+            auto it = self->state.by_id.find(id);
+            if (it == self->state.by_id.end()) return;
+            choice_state& c = self->state.choices[it->second];
+            c.instance = inst;
+            if (c.cancel_pending && inst) self->send(inst, cancel_atom::value, id);
+          },
+          [self, id](const caf::error& e) {
+            token_event ev;
+            ev.id = id;
+            ev.finish_reason = "error";
+            ev.error = "the router failed: " + caf::to_string(e);
+            on_tokens(self, ev);
+          });
 }
 
 // Tokenizes the prompts (rendering the chat template), settles max_tokens and
@@ -256,7 +295,7 @@ std::optional<openai_error> start(request_actor* self) {
       g.logprobs = s.req.logprobs;
       g.sink = caf::actor_cast<caf::actor>(self);
       s.choices.push_back(std::move(c));
-      self->send(core.instance, generate_atom::value, std::move(g));
+      route(self, std::move(g));
     }
   }
   s.prompt_tokens *= s.req.n;

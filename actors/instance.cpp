@@ -9,15 +9,45 @@
 #include "actors/chunk_scheduler.hpp"
 #include "actors/supervisor.hpp"
 #include "model/generation_config.hpp"
+#include "model/model_config.hpp"
 #include "model/model.hpp"
 
 namespace troupe {
 
-chunk_scheduler_actor instance_spawn(caf::actor_system& sys, const instance_options& opt) {
-  engine_tunables t = opt.tunables;
+namespace {
+
+instance_plan plan_for(const model_config& mc, const engine_tunables& t, int64_t kv_pages) {
+  // One stage holds every layer; the geometry is model::kv_config's.
+  kv_cache_config kv{mc.n_layers, mc.n_kv_heads, mc.head_dim, t.kv_page_size.value, 0, dtype::dtype_f32};
+  const size_t budget = static_cast<size_t>(t.kv_cache_mib.value) << 20;
+  instance_plan p;
+  p.page_size = kv.page_size;
+  p.kv_pages = kv_pages > 0 ? kv_pages : kv_cache_pages_for_bytes(kv, budget);
+  if (p.kv_pages < 1)
+    throw error(errc::errc_invalid_argument, "--kv-cache-mib " + std::to_string(t.kv_cache_mib.value) +
+                                                 " holds no KV page of " + std::to_string(kv.page_size) + " tokens");
+  p.max_model_len = std::min(mc.max_position_embeddings, p.kv_pages * p.page_size);
+  return p;
+}
+
+void validate(const engine_tunables& tun) {
+  engine_tunables t = tun;
   if (std::string bad = tunables_validate(t); !bad.empty()) throw error(errc::errc_invalid_argument, bad);
+}
+
+}  // namespace
+
+instance_plan instance_plan_make(const instance_options& opt) {
+  validate(opt.tunables);
+  return plan_for(opt.loaded ? opt.loaded->config() : model_config_load(opt.model_dir), opt.tunables, opt.kv_pages);
+}
+
+supervisor_actor instance_spawn(caf::actor_system& sys, const instance_options& opt) {
+  validate(opt.tunables);
+  const engine_tunables& t = opt.tunables;
   std::shared_ptr<model> m = opt.loaded ? opt.loaded : std::make_shared<model>(model::load(opt.model_dir));
   const model_config& mc = m->config();
+  const instance_plan plan = plan_for(mc, t, opt.kv_pages);
 
   std::vector<int32_t> eos = mc.eos_token_ids;
   if (!opt.loaded && !opt.model_dir.empty()) {
@@ -28,19 +58,16 @@ chunk_scheduler_actor instance_spawn(caf::actor_system& sys, const instance_opti
   std::sort(eos.begin(), eos.end());
   eos.erase(std::unique(eos.begin(), eos.end()), eos.end());
 
-  kv_cache_config kv = m->kv_config(t.kv_page_size.value, 0);
-  const size_t budget = static_cast<size_t>(t.kv_cache_mib.value) << 20;
-  const int64_t pages = opt.kv_pages > 0 ? opt.kv_pages : kv_cache_pages_for_bytes(kv, budget);
-  if (pages < 1)
-    throw error(errc::errc_invalid_argument, "--kv-cache-mib " + std::to_string(t.kv_cache_mib.value) +
-                                                 " holds no KV page of " + std::to_string(kv.page_size) + " tokens");
-  kv.n_pages = pages;
+  const int64_t pages = plan.kv_pages;
+  const kv_cache_config kv = m->kv_config(plan.page_size, pages);
 
   supervisor_options so;
   so.stage.weights = m;
   so.stage.kv = kv;
   so.stage.threads = static_cast<int>(t.threads.value);
   so.stage.fault_hook = opt.test_hooks.stage_step;
+  so.max_restarts = t.max_restarts.value;
+  so.restart_window = std::chrono::seconds(t.restart_window_s.value);
   scheduler_options& sc = so.scheduler;
   sc.name = opt.name;
   sc.policy.page_size = kv.page_size;
@@ -48,7 +75,7 @@ chunk_scheduler_actor instance_spawn(caf::actor_system& sys, const instance_opti
   sc.policy.chunked_prefill_size = t.chunked_prefill_size.value;
   sc.policy.max_running = t.max_running_requests.value;
   sc.policy.reserve_pages = std::max<int64_t>(1, pages / 100);  // vLLM's 1% watermark
-  sc.max_context = std::min(mc.max_position_embeddings, pages * kv.page_size);
+  sc.max_context = plan.max_model_len;
   sc.vocab_size = mc.vocab_size;
   sc.eos_token_ids = eos;
   sc.generate_hook = opt.test_hooks.scheduler_generate;

@@ -1,8 +1,8 @@
 // An instance: one chunk_scheduler plus its pipeline stage (one stage for
 // now), under a supervisor. instance_spawn is where the engine's tunables
 // become an instance: it loads the model, sizes the paged KV cache from
-// kv-cache-mib, derives the longest sequence the instance can serve, and
-// starts the actors. The handle it returns stays valid across restarts of the
+// kv-cache-mib (instance_plan_make, also usable before loading), derives the
+// longest sequence the instance can serve, and starts the actors. The handle it returns stays valid across restarts of the
 // stage or the scheduler (it is the supervisor's).
 #pragma once
 
@@ -43,9 +43,22 @@ struct instance_options {
   instance_test_hooks test_hooks;
 };
 
+/// What an instance will be, known from config.json and the tunables before
+/// any weight is read (the gateway serves /health and /v1/models meanwhile).
+struct instance_plan {
+  int64_t kv_pages = 0;
+  int64_t page_size = 0;
+  int64_t max_model_len = 0;  ///< min(model context, KV cache tokens)
+};
+
+/// Sizes the KV cache (kv-cache-mib, or opt.kv_pages when > 0) for the model
+/// of opt.model_dir (or opt.loaded). Throws troupe::error for invalid
+/// tunables, an unreadable config.json or a KV budget of less than one page.
+instance_plan instance_plan_make(const instance_options& opt);
+
 /// Loads the model, sizes the KV cache and starts the instance's actors.
 /// Throws troupe::error for invalid tunables, a model that does not load, or
 /// a KV budget of less than one page.
-chunk_scheduler_actor instance_spawn(caf::actor_system& sys, const instance_options& opt);
+supervisor_actor instance_spawn(caf::actor_system& sys, const instance_options& opt);
 
 }  // namespace troupe

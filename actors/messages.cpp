@@ -44,6 +44,12 @@ void messages_register(caf::actor_system_config& cfg) {
   cfg.add_message_type<step_result>("troupe.step_result");
   cfg.add_message_type<std::vector<uint64_t>>("troupe.ids");
   cfg.add_message_type<pipeline_stage_actor>("troupe.pipeline_stage_actor");
+  cfg.add_message_type<cluster_state>("troupe.cluster_state");
+  cfg.add_message_type<std::vector<instance_state>>("troupe.instance_states");
+  cfg.add_message_type<supervisor_actor>("troupe.supervisor_actor");
+  cfg.add_message_type<instance_ref>("troupe.instance_ref");
+  cfg.add_message_type<std::vector<instance_ref>>("troupe.instance_refs");
+  cfg.add_message_type<instance_join>("troupe.instance_join");
 }
 
 }  // namespace troupe

@@ -5,7 +5,7 @@
 // them); "unset" is spelled with a flag or a sentinel documented per field.
 //
 // Flow of one request (single node):
-//   gateway --generate_request--> router --> chunk_scheduler
+//   gateway --generate_request--> router --> instance (supervisor) --> chunk_scheduler
 //   chunk_scheduler --step_plan--> pipeline_stage --step_result--> chunk_scheduler
 //   chunk_scheduler --token_event--> request sink (an actor of the gateway)
 #pragma once
@@ -34,6 +34,8 @@ using drain_atom = caf::atom_constant<caf::atom("drain")>;        ///< drain (tr
 using tick_atom = caf::atom_constant<caf::atom("tick")>;          ///< internal scheduling tick
 using stage_atom = caf::atom_constant<caf::atom("stage")>;        ///< supervisor -> scheduler: a new stage replaced a failed one
 using done_atom = caf::atom_constant<caf::atom("done")>;          ///< scheduler -> supervisor: requests that got their final event
+using join_atom = caf::atom_constant<caf::atom("join")>;          ///< an instance announces itself to the router
+using directory_atom = caf::atom_constant<caf::atom("directory")>;  ///< the router's instances by name (admin)
 
 /// Sampling settings on the wire (model/sampler.hpp's sampling_params, flattened).
 struct wire_sampling {
@@ -102,12 +104,14 @@ struct token_event {
   int32_t prompt_tokens = 0;                ///< usage, filled in the final event
   int32_t completion_tokens = 0;
   double queue_seconds = 0.0;               ///< time from arrival to first scheduling (final event)
+  double engine_seconds = 0.0;              ///< time from the scheduler's receipt to this final event (final event)
+  bool retryable = false;                   ///< with "error": refused before it started (draining, no instance): HTTP 503
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_event& x) {
   return f(caf::meta::type_name("token_event"), x.id, x.tokens, x.logprobs, x.top_logprobs, x.finish_reason, x.error,
-           x.prompt_tokens, x.completion_tokens, x.queue_seconds);
+           x.prompt_tokens, x.completion_tokens, x.queue_seconds, x.engine_seconds, x.retryable);
 }
 
 /// State of one instance, for /health, /metrics and the admin API.
@@ -182,6 +186,16 @@ typename Inspector::result_type inspect(Inspector& f, step_result& x) {
   return f(caf::meta::type_name("step_result"), x.step, x.tokens, x.logprobs, x.top_logprobs, x.kv_pages_free);
 }
 
+/// Every instance the router knows, in the order they joined.
+struct cluster_state {
+  std::vector<instance_state> instances;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cluster_state& x) {
+  return f(caf::meta::type_name("cluster_state"), x.instances);
+}
+
 // ---- typed actor interfaces ----
 
 /// A pipeline stage (one stage = the whole model for now): runs plans in order.
@@ -206,6 +220,49 @@ using chunk_scheduler_ctl_actor =
 /// public interface to the current scheduler) plus the scheduler's reports of
 /// finished requests, so that it can end them if the scheduler dies.
 using supervisor_actor = chunk_scheduler_actor::extend<caf::reacts_to<done_atom, std::vector<uint64_t>>>;
+
+/// An instance as the router and the admin see it.
+struct instance_ref {
+  std::string name;
+  supervisor_actor handle;  ///< invalid while the instance is starting or after it failed to start
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, instance_ref& x) {
+  return f(caf::meta::type_name("instance_ref"), x.name, x.handle);
+}
+
+/// An instance's announcement to the router: starting (no handle yet),
+/// ready (with its handle), or failed to start (no handle, `error` says why).
+struct instance_join {
+  std::string name;
+  std::string role = "mixed";
+  supervisor_actor handle;
+  std::string error;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, instance_join& x) {
+  return f(caf::meta::type_name("instance_join"), x.name, x.role, x.handle, x.error);
+}
+
+/// The router: the gateway's one entry point to the instances. It routes each
+/// request to the least-loaded ready instance that is not draining, keeps
+/// cancels going to the instance that holds the request, and reports the
+/// state of every instance (starting ones included). tick is its own timer.
+/// generate answers with the chosen instance (invalid when none could take
+/// the request: the sink then got a final retryable error event).
+using router_actor =
+    caf::typed_actor<caf::replies_to<generate_atom, generate_request>::with<supervisor_actor>,
+                     caf::replies_to<state_atom>::with<cluster_state>, caf::reacts_to<join_atom, instance_join>,
+                     caf::replies_to<directory_atom>::with<std::vector<instance_ref>>,
+                     caf::replies_to<drain_atom, std::string, bool>::with<bool>, caf::reacts_to<tick_atom>>;
+
+/// The admin: turns each admin API call into messages to the actors. An
+/// empty instance name means every instance; an unknown one is an error.
+using admin_actor = caf::typed_actor<caf::replies_to<state_atom>::with<cluster_state>,
+                                     caf::replies_to<prefill_sz_atom, std::string, int64_t>::with<int64_t>,
+                                     caf::replies_to<drain_atom, std::string, bool>::with<bool>>;
 
 /// Registers every message type with the actor system config (CAF silently
 /// serializes unregistered types to 0 bytes).

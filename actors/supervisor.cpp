@@ -4,6 +4,7 @@
 // deals with them), any other exit message stops the instance.
 #include "actors/supervisor.hpp"
 
+#include <deque>
 #include <exception>
 #include <set>
 #include <unordered_map>
@@ -25,7 +26,8 @@ struct supervisor_state {
   std::set<caf::actor_addr> children;              // every child ever started (their exits are not ours)
   std::unordered_map<uint64_t, caf::actor> inflight;  // requests forwarded and not reported done: id -> sink
   int64_t restarts = 0;
-  bool failed = false;  // no stage could be restarted
+  std::deque<std::chrono::steady_clock::time_point> recent;  // restarts inside the window
+  bool failed = false;  // no stage could be restarted, or the restart limit was reached
   static inline const char* name = "instance_supervisor";
 };
 
@@ -43,12 +45,31 @@ void start_scheduler(sup_ptr self) {
   adopt(self, st.sched.address());
 }
 
+// Counts a restart; false (with the reason in *why) once the limit is reached.
+bool restart_allowed(supervisor_state& st, std::string* why) {
+  const auto now = std::chrono::steady_clock::now();
+  while (!st.recent.empty() && now - st.recent.front() > st.opt.restart_window) st.recent.pop_front();
+  if (static_cast<int64_t>(st.recent.size()) >= st.opt.max_restarts) {
+    *why = "restart limit reached (" + std::to_string(st.recent.size()) + " restarts within " +
+           std::to_string(st.opt.restart_window.count()) + " s); instance failed";
+    return false;
+  }
+  st.recent.push_back(now);
+  ++st.restarts;
+  return true;
+}
+
 void restart_stage(sup_ptr self, const std::string& reason) {
   auto& st = self->state;
-  ++st.restarts;
-  actors_log()->warn("{}: pipeline stage failed ({}); restarting it", st.opt.scheduler.name, reason);
-  std::string why = reason;
+  std::string why = reason, limit;
   st.stage = pipeline_stage_actor{};
+  if (!restart_allowed(st, &limit)) {
+    actors_log()->error("{}: pipeline stage failed ({}); {}", st.opt.scheduler.name, reason, limit);
+    st.failed = true;
+    if (st.sched) self->send(st.sched, stage_atom::value, st.stage, why + "; " + limit);
+    return;
+  }
+  actors_log()->warn("{}: pipeline stage failed ({}); restarting it", st.opt.scheduler.name, reason);
   try {
     st.stage = pipeline_stage_spawn(self->system(), st.opt.stage);
     self->link_to(st.stage);
@@ -59,22 +80,32 @@ void restart_stage(sup_ptr self, const std::string& reason) {
     why += std::string("; restart failed: ") + e.what();
     st.failed = true;
   }
-  self->send(st.sched, stage_atom::value, st.stage, why);
+  if (st.sched) self->send(st.sched, stage_atom::value, st.stage, why);
+}
+
+void fail_request(uint64_t id, const caf::actor& sink, const std::string& why, bool retryable) {
+  token_event ev;
+  ev.id = id;
+  ev.finish_reason = "error";
+  ev.error = why;
+  ev.retryable = retryable;
+  if (sink) caf::anon_send(sink, token_atom::value, std::move(ev));
 }
 
 void restart_scheduler(sup_ptr self, const std::string& reason) {
   auto& st = self->state;
-  ++st.restarts;
-  actors_log()->warn("{}: chunk scheduler failed ({}); failing {} requests and restarting it", st.opt.scheduler.name,
-                     reason, st.inflight.size());
-  for (auto& [id, sink] : st.inflight) {
-    token_event ev;
-    ev.id = id;
-    ev.finish_reason = "error";
-    ev.error = "scheduler failed: " + reason + "; restarted";
-    if (sink) caf::anon_send(sink, token_atom::value, std::move(ev));
-  }
+  std::string limit;
+  const bool allowed = restart_allowed(st, &limit);
+  actors_log()->warn("{}: chunk scheduler failed ({}); failing {} requests; {}", st.opt.scheduler.name, reason,
+                     st.inflight.size(), allowed ? "restarting it" : limit);
+  for (auto& [id, sink] : st.inflight)
+    fail_request(id, sink, "scheduler failed: " + reason + (allowed ? "; restarted" : "; " + limit), false);
   st.inflight.clear();
+  st.sched = chunk_scheduler_ctl_actor{};
+  if (!allowed) {
+    st.failed = true;
+    return;
+  }
   st.opt.scheduler.reset_stage = true;  // the stage still holds the dead scheduler's sequences
   start_scheduler(self);
 }
@@ -113,11 +144,15 @@ supervisor_actor::behavior_type supervisor(sup_ptr self, pipeline_stage_actor st
   return {
       [self](generate_atom, generate_request& req) {
         auto& s = self->state;
+        if (!s.sched) return fail_request(req.id, req.sink, "instance failed: " + s.opt.scheduler.name, true);
         s.inflight[req.id] = req.sink;
         self->send(s.sched, generate_atom::value, std::move(req));
       },
-      [self](cancel_atom, uint64_t id) { self->send(self->state.sched, cancel_atom::value, id); },
+      [self](cancel_atom, uint64_t id) {
+        if (self->state.sched) self->send(self->state.sched, cancel_atom::value, id);
+      },
       [self](state_atom) -> caf::result<instance_state> {
+        if (!self->state.sched) return own_state(self->state);
         auto rp = self->make_response_promise<instance_state>();
         self->request(self->state.sched, caf::infinite, state_atom::value)
             .then(
@@ -133,10 +168,12 @@ supervisor_actor::behavior_type supervisor(sup_ptr self, pipeline_stage_actor st
         if (std::string bad = tunable_check(engine_tunables{}.chunked_prefill_size, n); !bad.empty())
           return make_caf_error(errc::errc_invalid_argument, bad);
         self->state.opt.scheduler.policy.chunked_prefill_size = n;  // a replacing scheduler keeps it
+        if (!self->state.sched) return n;
         return self->delegate(self->state.sched, prefill_sz_atom::value, n);
       },
       [self](drain_atom, bool on) -> caf::result<bool> {
         self->state.opt.scheduler.draining = on;
+        if (!self->state.sched) return on;
         return self->delegate(self->state.sched, drain_atom::value, on);
       },
       [self](done_atom, const std::vector<uint64_t>& ids) {

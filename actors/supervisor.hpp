@@ -20,8 +20,14 @@
 //   first plan clears the stage. (A request that ended in the very handler
 //   that crashed may get this extra final event: sinks ignore events after a
 //   final one.)
-// restarts_total in instance_state counts both kinds.
+// restarts_total in instance_state counts both kinds. Restarts are rate
+// limited (Erlang's restart intensity): more than max_restarts within
+// restart_window marks the instance "failed" instead of restarting again;
+// its requests fail, new ones are refused (retryable), so the router sends
+// them elsewhere and a crash loop cannot burn the machine.
 #pragma once
+
+#include <chrono>
 
 #include "actors/chunk_scheduler.hpp"
 #include "actors/messages.hpp"
@@ -37,6 +43,8 @@ namespace troupe {
 struct supervisor_options {
   stage_options stage;
   scheduler_options scheduler;
+  int64_t max_restarts = 5;                         ///< restarts allowed within restart_window
+  std::chrono::seconds restart_window{60};
 };
 
 /// Starts the stage (throwing troupe::error when its KV cache cannot be

@@ -27,10 +27,15 @@ struct engine_tunables {
                                "most prompt tokens one forward step processes"};
   tunable max_running_requests{"max-running-requests", 256, 1, int64_t{1} << 16,
                                "most requests in an instance's running batch"};
+  tunable max_restarts{"max-restarts", 5, 0, 1000,
+                       "restarts of a failing stage or scheduler allowed within restart-window-s before the "
+                       "instance is marked failed"};
+  tunable restart_window_s{"restart-window-s", 60, 1, 86400, "window of the max-restarts limit, in seconds"};
 
   /// All of them, for binding and validation.
   std::vector<tunable*> all() {
-    return {&threads, &kv_page_size, &kv_cache_mib, &chunked_prefill_size, &max_running_requests};
+    return {&threads,         &kv_page_size, &kv_cache_mib, &chunked_prefill_size, &max_running_requests,
+            &max_restarts, &restart_window_s};
   }
 };
 
