@@ -142,7 +142,7 @@ int run_serve(serve_plan plan) {
   caf::actor_system sys{cfg};
   const router_actor router = router_spawn(sys);
   const admin_actor admin = admin_spawn(sys, router);
-  for (const instance_options& io : plan.instances) caf::anon_send(router, join_atom::value, instance_join{io.name});
+  for (const instance_options& io : plan.instances) caf::anon_send(router, join_atom::value, instance_join{io.name, "mixed", {}, ""});
   gateway gw(sys, router, admin, plan.gw);
   spdlog::info("troupe serve: gateway on http://{}:{}; loading {} instance(s) of {}", plan.gw.host, gw.port(),
                plan.instances.size(), plan.gw.model_dir.string());
@@ -152,6 +152,9 @@ int run_serve(serve_plan plan) {
     gw.set_accepting(false);
     gw.stop();
     for (const supervisor_actor& s : running) caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+    // The actor system's destructor waits for every actor: stop the long-lived ones.
+    caf::anon_send_exit(admin, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   };
   for (const instance_options& io : plan.instances) {
     try {

@@ -207,7 +207,11 @@ router_actor::behavior_type router(router_ptr self) {
             if (!e->handle) continue;
             self->request(e->handle, state_timeout, drain_atom::value, on)
                 .then(
-                    [rp, pending](bool v) mutable {
+                    [self, rp, pending, name = e->name, on](bool v) mutable {
+                      // The instance confirmed: route by the new state now, not after the next report.
+                      if (entry* x = find(self->state, name); x != nullptr && x->handle &&
+                                                             (x->last.status == "ready" || x->last.status == "draining"))
+                        x->last.status = on ? "draining" : "ready";
                       if (--*pending == 0) rp.deliver(v);
                     },
                     [rp, pending](caf::error& err) mutable {

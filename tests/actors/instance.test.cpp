@@ -675,3 +675,56 @@ TEST_CASE("instance: a scheduler that dies is restarted; its requests fail, serv
   CHECK(reset);  // the new scheduler cleared the stage before its first request
   CHECK(f.out[1].after_final == 0);
 }
+
+TEST_CASE("instance: a stage that keeps crashing hits the restart limit; the instance fails and refuses work") {
+  instance_options opt;
+  opt.tunables.max_restarts.value = 2;
+  opt.test_hooks.stage_step = [](const step_plan& p) {
+    for (const plan_entry& e : p.entries)
+      if (e.seq >= 900) throw std::runtime_error("crash loop");
+    return errc::ok;
+  };
+  fixture f(opt);
+  const std::vector<int32_t> prompt = encode(texts[1]);
+  for (uint64_t id : {900, 901}) {
+    f.submit(id, prompt, 4);
+    REQUIRE(f.wait_done({id}));
+    CHECK(f.out[id].final.error.find("restarted") != std::string::npos);
+    CHECK(f.state().status == "ready");
+  }
+  f.submit(902, prompt, 4);
+  REQUIRE(f.wait_done({902}));
+  CHECK_MESSAGE(f.out[902].final.error.find("restart limit reached (2 restarts within 60 s)") != std::string::npos,
+                f.out[902].final.error);
+  const instance_state s = f.state();
+  CHECK(s.status == "failed");
+  CHECK(s.restarts_total == 2);
+  f.submit(3, prompt, 4);  // harmless, but the instance is gone: refused, retryable (the router tries elsewhere)
+  REQUIRE(f.wait_done({3}));
+  CHECK(f.out[3].final.finish_reason == "error");
+  CHECK(f.out[3].final.retryable);
+}
+
+TEST_CASE("instance: a scheduler that keeps crashing hits the restart limit; the instance fails and refuses work") {
+  instance_options opt;
+  opt.tunables.max_restarts.value = 1;
+  opt.test_hooks.scheduler_generate = [](const generate_request& r) {
+    if (r.id >= 900) throw std::runtime_error("scheduler bug");
+  };
+  fixture f(opt);
+  const std::vector<int32_t> prompt = encode(texts[1]);
+  f.submit(900, prompt, 4);
+  REQUIRE(f.wait_done({900}));
+  CHECK(f.out[900].final.error.find("restarted") != std::string::npos);
+  f.submit(1, prompt, 4);
+  REQUIRE(f.wait_done({1}));
+  CHECK(f.out[1].final.finish_reason == "length");  // the restarted scheduler serves
+  f.submit(901, prompt, 4);
+  REQUIRE(f.wait_done({901}));
+  CHECK(f.out[901].final.error.find("restart limit reached (1 restarts within 60 s)") != std::string::npos);
+  CHECK(f.state().status == "failed");
+  f.submit(2, prompt, 4);
+  REQUIRE(f.wait_done({2}));
+  CHECK(f.out[2].final.retryable);
+  CHECK(f.out[2].final.error.find("instance failed") != std::string::npos);
+}

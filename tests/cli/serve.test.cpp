@@ -18,6 +18,7 @@
 #include <iterator>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -90,31 +91,46 @@ http_reply http(int port, const std::string& method, const std::string& path, co
   return r;
 }
 
-// The server process, started once for all cases of this file.
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// A server process with `args` after "serve"; its output goes to a log file
+// named by this process and `tag` (CTest runs cases in parallel).
 struct server {
   pid_t pid = -1;
   int port = 0;
-  server() {
-    const std::string log =
-        (std::filesystem::temp_directory_path() / ("troupe_serve_test_" + std::to_string(getpid()) + ".log")).string();
+  std::string log;
+  int exit_status = -1;  // set when the process ended before listening
+  explicit server(std::vector<std::string> args, const std::string& tag = "main") {
+    log = (std::filesystem::temp_directory_path() /
+           ("troupe_serve_test_" + std::to_string(getpid()) + "_" + tag + ".log")).string();
+    args.insert(args.begin(), {TROUPE_BINARY, "serve"});
     pid = fork();
     if (pid == 0) {
       const int fd = ::open(log.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
-      execl(TROUPE_BINARY, TROUPE_BINARY, "serve", "--port", "0", "--admin-key", "admin-secret", "--max-body-mib", "1",
-            "--kv-cache-mib", "64", "--threads", "2", static_cast<char*>(nullptr));
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(TROUPE_BINARY, argv.data());
       _exit(127);
     }
     for (int i = 0; i < 600 && port == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      std::ifstream f(log);
-      std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      int st = 0;
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+        pid = -1;
+        return;
+      }
+      const std::string text = read_file(log);
       const size_t p = text.find("listening on http://127.0.0.1:");
       if (p != std::string::npos && text.find('\n', p) != std::string::npos)
         port = std::stoi(text.substr(p + std::strlen("listening on http://127.0.0.1:")));
     }
-    REQUIRE_MESSAGE(port != 0, "the server did not start");
   }
   ~server() {
     if (pid > 0) {
@@ -126,7 +142,9 @@ struct server {
 };
 
 server& the_server() {
-  static server s;
+  static server s({"--port", "0", "--admin-key", "admin-secret", "--max-body-mib", "1", "--kv-cache-mib", "64",
+                   "--threads", "2"});
+  REQUIRE_MESSAGE(s.port != 0, (std::string("the server did not start: ") + read_file(s.log)));
   return s;
 }
 
@@ -252,4 +270,111 @@ TEST_CASE("serve: a client that disconnects mid-stream frees its KV pages") {
   }
   CHECK(freed);
   CHECK(admin_state(port)["running"] == 0);
+}
+
+namespace {
+
+// A cluster.toml in a per-process temp folder.
+std::string write_config(const std::string& name, const std::string& text) {
+  const auto dir = std::filesystem::temp_directory_path() / ("troupe_serve_cfg_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const auto path = dir / name;
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+const std::string two_instances = std::string(R"(
+[[nodes]]
+name = "solo"
+
+[gateway]
+port = 0
+admin_key = "adm"
+api_keys = ["key-one", "key-two"]
+served_model_name = "fortunes"
+
+[[instances]]
+name = "alpha"
+model = ")") + TROUPE_FIXTURES + R"(/../../models/demo"
+[instances.tunables]
+kv-cache-mib = 32
+threads = 1
+
+[[instances]]
+name = "beta"
+model = ")" + TROUPE_FIXTURES + R"(/../../models/demo"
+[instances.tunables]
+kv-cache-mib = 16
+threads = 1
+)";
+
+int64_t prompt_tokens_of(const nlohmann::json& state, const std::string& name) {
+  for (const auto& i : state["instances"])
+    if (i["name"] == name) return i["prompt_tokens_total"].get<int64_t>();
+  FAIL("no instance " << name);
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("serve --config: two instances behind the router, API keys, per-instance drain") {
+  server s({"--config", write_config("two.toml", two_instances)}, "two");
+  REQUIRE_MESSAGE(s.port != 0, read_file(s.log));
+  const std::string body = R"({"model":"fortunes","prompt":"A day for","max_tokens":3})";
+  CHECK(http(s.port, "POST", "/v1/completions", body).status == 401);
+  CHECK(http(s.port, "POST", "/v1/completions", body, "key-two").status == 200);
+  auto state = [&] {
+    const http_reply r = http(s.port, "GET", "/admin/state", "", "adm");
+    REQUIRE(r.status == 200);
+    return nlohmann::json::parse(r.body);
+  };
+  nlohmann::json st = state();
+  REQUIRE(st["instances"].size() == 2);
+  CHECK(st["instances"][0]["name"] == "alpha");
+  CHECK(st["instances"][1]["name"] == "beta");
+  CHECK(st["instances"][0]["kv_pages_total"].get<int64_t>() > st["instances"][1]["kv_pages_total"].get<int64_t>());
+  // Sequential requests see equal loads: the router alternates.
+  for (int i = 0; i < 6; ++i) REQUIRE(http(s.port, "POST", "/v1/completions", body, "key-one").status == 200);
+  st = state();
+  CHECK(prompt_tokens_of(st, "alpha") > 0);
+  CHECK(prompt_tokens_of(st, "beta") > 0);
+  // Drain alpha only: everything goes to beta, /health stays 200.
+  CHECK(http(s.port, "POST", "/admin/drain", R"({"instance":"gamma"})", "adm").status == 400);
+  REQUIRE(http(s.port, "POST", "/admin/drain", R"({"instance":"alpha"})", "adm").status == 200);
+  const int64_t alpha = prompt_tokens_of(state(), "alpha"), beta = prompt_tokens_of(state(), "beta");
+  for (int i = 0; i < 4; ++i) REQUIRE(http(s.port, "POST", "/v1/completions", body, "key-one").status == 200);
+  st = state();
+  CHECK(prompt_tokens_of(st, "alpha") == alpha);
+  CHECK(prompt_tokens_of(st, "beta") > beta);
+  CHECK(http(s.port, "GET", "/health").status == 200);
+  // The chunked-prefill size of one instance changes; the other keeps its own.
+  REQUIRE(http(s.port, "POST", "/admin/chunked-prefill", R"({"instance":"beta","size":48})", "adm").status == 200);
+  st = state();
+  CHECK(st["instances"][1]["chunked_prefill_size"] == 48);
+  CHECK(st["instances"][0]["chunked_prefill_size"] == 512);
+  // Both drained: refused with 503 (retryable), not 500.
+  REQUIRE(http(s.port, "POST", "/admin/drain", R"({"instance":"beta"})", "adm").status == 200);
+  const http_reply refused = http(s.port, "POST", "/v1/completions", body, "key-one");
+  CHECK(refused.status == 503);
+  CHECK(http(s.port, "GET", "/health").status == 503);
+  REQUIRE(http(s.port, "POST", "/admin/undrain", "", "adm").status == 200);
+  CHECK(http(s.port, "POST", "/v1/completions", body, "key-one").status == 200);
+}
+
+TEST_CASE("serve --config: a bad config or a conflicting flag exits 1 naming file, line and key") {
+  const std::string bad = write_config("bad.toml", "[[nodes]]\nname = \"n\"\n\n[[instances]]\nname = \"a\"\n"
+                                                   "model = \"m\"\n[instances.tunables]\nkv-cache-mb = 3\n");
+  server s({"--config", bad}, "bad");
+  CHECK(s.port == 0);
+  CHECK(s.exit_status == 1);
+  const std::string log = read_file(s.log);
+  CHECK_MESSAGE(log.find(bad + ":8:15: instances.tunables.kv-cache-mb: unknown tunable") != std::string::npos, log);
+
+  server c({"--config", write_config("two.toml", two_instances), "--kv-cache-mib", "8"}, "conflict");
+  CHECK(c.exit_status == 1);
+  CHECK_MESSAGE(read_file(c.log).find("--kv-cache-mib conflicts with --config") != std::string::npos, read_file(c.log));
+
+  server d({"--device", "cuda:0", "--port", "0"}, "device");
+  CHECK(d.exit_status == 1);
+  CHECK_MESSAGE(read_file(d.log).find("device 'cuda:0'") != std::string::npos, read_file(d.log));
 }
