@@ -22,6 +22,7 @@
 #include "config/errors.hpp"
 #include "config/tunables.hpp"
 #include "kernels/threads.hpp"
+#include "model/engine.hpp"
 #include "model/generate.hpp"
 #include "model/generation_config.hpp"
 #include "model/model.hpp"
@@ -71,15 +72,15 @@ void apply_tunables(engine_tunables& t) {
   cpu_threads_set(static_cast<int>(t.threads.value));
 }
 
-// A KV cache for `tokens` tokens (at least) within the configured budget.
-kv_cache make_cache(const model& m, const engine_tunables& t, int64_t tokens) {
+// A KV cache for `tokens` tokens (at least) within the configured budget, on the engine's device.
+std::unique_ptr<engine_kv> make_cache(engine& m, const engine_tunables& t, int64_t tokens) {
   kv_cache_config c = m.kv_config(t.kv_page_size.value, 0);
   const int64_t budget = kv_cache_pages_for_bytes(c, static_cast<size_t>(t.kv_cache_mib.value) << 20);
   c.n_pages = std::max<int64_t>(1, (tokens + c.page_size - 1) / c.page_size);
   if (c.n_pages > budget)
     throw error(errc::errc_kv_exhausted, std::to_string(tokens) + " tokens need " + std::to_string(c.n_pages) +
                                              " KV pages but --kv-cache-mib allows " + std::to_string(budget));
-  return kv_cache(c);
+  return m.kv_make(c.page_size, c.n_pages);
 }
 
 }  // namespace
@@ -96,7 +97,7 @@ std::filesystem::path default_model_dir() {
 
 command command_logits(CLI::App& app) {
   struct opts {
-    std::string model_dir = default_model_dir().string(), ids_file, out_file;
+    std::string model_dir = default_model_dir().string(), ids_file, out_file, device = "cpu";
     engine_tunables tun;
   };
   auto o = std::make_shared<opts>();
@@ -104,14 +105,15 @@ command command_logits(CLI::App& app) {
   cmd->add_option("--model", o->model_dir, "checkpoint directory")->capture_default_str();
   cmd->add_option("--prompt-ids-file", o->ids_file, "token ids separated by whitespace or commas")->required();
   cmd->add_option("--out", o->out_file, "output: little-endian float32 [n_tokens x vocab_size]")->required();
+  cmd->add_option("--device", o->device, "cpu, cuda[:N] or auto")->capture_default_str();
   add_tunables(cmd, o->tun);
   return {cmd, [o] {
             apply_tunables(o->tun);
             const std::vector<int32_t> ids = parse_ids(read_file(o->ids_file), o->ids_file);
-            model m = model::load(o->model_dir);
-            kv_cache kv = make_cache(m, o->tun, static_cast<int64_t>(ids.size()));
+            const std::shared_ptr<engine> m = engine_load(o->model_dir, {}, o->device);
+            const std::unique_ptr<engine_kv> kv = make_cache(*m, o->tun, static_cast<int64_t>(ids.size()));
             std::vector<float> logits;
-            if (errc e = prefill(m, kv, 0, ids, o->tun.chunked_prefill_size.value, &logits, nullptr); e != errc::ok)
+            if (errc e = prefill(*m, *kv, 0, ids, o->tun.chunked_prefill_size.value, &logits, nullptr); e != errc::ok)
               throw error(e, std::string("forward failed: ") + errc_name(e));
             std::ofstream out(o->out_file, std::ios::binary);
             if (!out) throw error(errc::errc_io, o->out_file + ": cannot open for writing");
@@ -125,7 +127,7 @@ command command_logits(CLI::App& app) {
 
 command command_generate(CLI::App& app) {
   struct opts {
-    std::string model_dir = default_model_dir().string(), ids_text, prompt;
+    std::string model_dir = default_model_dir().string(), ids_text, prompt, device = "cpu";
     generate_options gen;
     int64_t seed = -1;
     engine_tunables tun;
@@ -147,6 +149,7 @@ command command_generate(CLI::App& app) {
   cmd->add_option("--presence-penalty", o->gen.sampling.presence_penalty, "[-2, 2]");
   cmd->add_option("--seed", o->seed, "RNG seed (same seed, same tokens)");
   cmd->add_flag("--ignore-eos", o->gen.ignore_eos, "do not stop at the model's eos tokens");
+  cmd->add_option("--device", o->device, "cpu, cuda[:N] or auto")->capture_default_str();
   add_tunables(cmd, o->tun);
   return {cmd, [=] {
             apply_tunables(o->tun);
@@ -162,7 +165,7 @@ command command_generate(CLI::App& app) {
             } else {
               ids = parse_ids(o->ids_text, "--prompt-ids");
             }
-            model m = model::load(o->model_dir);
+            const std::shared_ptr<engine> m = engine_load(o->model_dir, {}, o->device);
             const generation_config gc = generation_config_load(o->model_dir);
             const sampling_params d = gc.defaults();
             sampling_params& s = o->gen.sampling;
@@ -178,9 +181,10 @@ command command_generate(CLI::App& app) {
               detok.emplace(*tok, true);
               o->gen.on_token = [&](int32_t t) { std::cout << detok->push(t) << std::flush; };
             }
-            kv_cache kv = make_cache(m, o->tun, static_cast<int64_t>(ids.size()) + o->gen.max_tokens);
+            const std::unique_ptr<engine_kv> kv =
+                make_cache(*m, o->tun, static_cast<int64_t>(ids.size()) + o->gen.max_tokens);
             o->gen.chunk_size = o->tun.chunked_prefill_size.value;
-            const generate_result r = generate(m, kv, 0, ids, o->gen);
+            const generate_result r = generate(*m, *kv, 0, ids, o->gen);
             if (text) {
               std::cout << detok->flush() << std::endl;
             } else {

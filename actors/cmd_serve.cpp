@@ -26,6 +26,7 @@
 #include "config/cluster_config.hpp"
 #include "config/errors.hpp"
 #include "config/tunables.hpp"
+#include "model/engine.hpp"
 #include "model/tokenizer.hpp"
 
 namespace troupe {
@@ -39,12 +40,15 @@ struct serve_opts {
   size_t max_body_mib = 8;
 };
 
-// The backend a device spec runs on. The CUDA model backend does not exist
-// yet, so "auto" is the CPU and an explicit CUDA device is refused.
+// The backend a device spec runs on ("cpu" or "cuda:N"; "auto" = cuda:0 where
+// this build has CUDA and a GPU is visible). A CUDA device this build or
+// machine cannot serve is refused before anything starts.
 std::string resolve_device(const std::string& spec, const std::string& who) {
-  if (spec == "auto" || spec == "cpu") return "cpu";
-  throw error(errc::errc_unsupported,
-              who + ": device '" + spec + "': this build has no CUDA model backend yet; use cpu or auto");
+  try {
+    return engine_resolve_device(spec);
+  } catch (const error& e) {
+    throw error(e.code(), who + ": " + e.what());
+  }
 }
 
 // What to serve: instances and the gateway, from the flags or a cluster.toml.
@@ -55,8 +59,9 @@ struct serve_plan {
 
 serve_plan plan_from_flags(serve_opts& o) {
   serve_plan p;
-  resolve_device(o.device, "--device");
+  const std::string device = resolve_device(o.device, "--device");
   instance_options io;
+  io.device = device;
   io.name = "instance-0";
   io.model_dir = o.model_dir;
   io.tunables = o.tun;
@@ -97,8 +102,9 @@ serve_plan plan_from_config(const serve_opts& o, CLI::App* cmd) {
       throw error(errc::errc_invalid_config, where + "instance '" + ic.name +
                                                  "' serves another model or template than '" + first.name +
                                                  "'; one gateway serves one model");
-    resolve_device(ic.stages[0].device, where + "instance '" + ic.name + "'");
+    const std::string device = resolve_device(ic.stages[0].device, where + "instance '" + ic.name + "'");
     instance_options io;
+    io.device = device;
     io.name = ic.name;
     io.model_dir = ic.model;
     io.tunables = ic.tunables;
@@ -185,9 +191,11 @@ int run_serve(serve_plan plan) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  spdlog::info("troupe serve: model {} ({}), max_model_len {}, {} instance(s), cpu backend, listening on http://{}:{}",
+  std::string devices;
+  for (const instance_options& io : plan.instances) devices += (devices.empty() ? "" : ", ") + io.name + " on " + io.device;
+  spdlog::info("troupe serve: model {} ({}), max_model_len {}, {}, listening on http://{}:{}",
                plan.gw.model_name.empty() ? plan.gw.model_dir.filename().string() : plan.gw.model_name,
-               plan.gw.model_dir.string(), max_model_len, plan.instances.size(), plan.gw.host, gw.port());
+               plan.gw.model_dir.string(), max_model_len, devices, plan.gw.host, gw.port());
   std::fprintf(stdout, "listening on http://%s:%u\n", plan.gw.host.c_str(), static_cast<unsigned>(gw.port()));
   std::fflush(stdout);
   int sig = 0;

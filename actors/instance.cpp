@@ -10,15 +10,15 @@
 #include "actors/supervisor.hpp"
 #include "model/generation_config.hpp"
 #include "model/model_config.hpp"
-#include "model/model.hpp"
+#include "model/engine.hpp"
 
 namespace troupe {
 
 namespace {
 
-instance_plan plan_for(const model_config& mc, const engine_tunables& t, int64_t kv_pages) {
-  // One stage holds every layer; the geometry is model::kv_config's.
-  kv_cache_config kv{mc.n_layers, mc.n_kv_heads, mc.head_dim, t.kv_page_size.value, 0, dtype::dtype_f32};
+instance_plan plan_for(const model_config& mc, const engine_tunables& t, int64_t kv_pages, dtype kv_type) {
+  // One stage holds every layer; the geometry is engine::kv_config's.
+  kv_cache_config kv{mc.n_layers, mc.n_kv_heads, mc.head_dim, t.kv_page_size.value, 0, kv_type};
   const size_t budget = static_cast<size_t>(t.kv_cache_mib.value) << 20;
   instance_plan p;
   p.page_size = kv.page_size;
@@ -39,15 +39,17 @@ void validate(const engine_tunables& tun) {
 
 instance_plan instance_plan_make(const instance_options& opt) {
   validate(opt.tunables);
-  return plan_for(opt.loaded ? opt.loaded->config() : model_config_load(opt.model_dir), opt.tunables, opt.kv_pages);
+  if (opt.loaded) return plan_for(opt.loaded->config(), opt.tunables, opt.kv_pages, opt.loaded->kv_dtype());
+  return plan_for(model_config_load(opt.model_dir), opt.tunables, opt.kv_pages,
+                  engine_kv_dtype(engine_resolve_device(opt.device)));
 }
 
 supervisor_actor instance_spawn(caf::actor_system& sys, const instance_options& opt) {
   validate(opt.tunables);
   const engine_tunables& t = opt.tunables;
-  std::shared_ptr<model> m = opt.loaded ? opt.loaded : std::make_shared<model>(model::load(opt.model_dir));
+  std::shared_ptr<engine> m = opt.loaded ? opt.loaded : engine_load(opt.model_dir, {}, opt.device);
   const model_config& mc = m->config();
-  const instance_plan plan = plan_for(mc, t, opt.kv_pages);
+  const instance_plan plan = plan_for(mc, t, opt.kv_pages, m->kv_dtype());
 
   std::vector<int32_t> eos = mc.eos_token_ids;
   if (!opt.loaded && !opt.model_dir.empty()) {
@@ -79,8 +81,9 @@ supervisor_actor instance_spawn(caf::actor_system& sys, const instance_options& 
   sc.vocab_size = mc.vocab_size;
   sc.eos_token_ids = eos;
   sc.generate_hook = opt.test_hooks.scheduler_generate;
-  actors_log()->info("{}: {} KV pages of {} tokens, max_model_len {}, chunked prefill {}, max running {}", opt.name,
-                     pages, kv.page_size, sc.max_context, sc.policy.chunked_prefill_size, sc.policy.max_running);
+  actors_log()->info("{}: device {}, {} KV pages of {} tokens, max_model_len {}, chunked prefill {}, max running {}",
+                     opt.name, m->device(), pages, kv.page_size, sc.max_context, sc.policy.chunked_prefill_size,
+                     sc.policy.max_running);
   return supervisor_spawn(sys, std::move(so));
 }
 

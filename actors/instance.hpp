@@ -23,7 +23,7 @@ class actor_system;
 
 namespace troupe {
 
-class model;
+class engine;
 
 /// TEST-ONLY fault injection points; production leaves them empty.
 struct instance_test_hooks {
@@ -35,8 +35,10 @@ struct instance_test_hooks {
 struct instance_options {
   std::string name = "instance-0";
   std::filesystem::path model_dir;       ///< checkpoint directory (also read: generation_config.json's eos ids)
-  std::shared_ptr<model> loaded;         ///< an already loaded model to use instead of model_dir (not shared with
+  std::shared_ptr<engine> loaded;        ///< an already loaded model to use instead of model_dir (not shared with
                                          ///< another running instance: a model runs one step at a time)
+  std::string device = "cpu";            ///< where the model runs: cpu, cuda, cuda:N or auto (model/engine.hpp);
+                                         ///< ignored when `loaded` is given
   engine_tunables tunables;              ///< kv-page-size, kv-cache-mib, chunked-prefill-size, threads, max-running-requests
   int64_t kv_pages = 0;                  ///< > 0: exactly this many KV pages instead of sizing from kv-cache-mib
   std::vector<int32_t> extra_eos_token_ids;  ///< more "stop" ids (e.g. the tokenizer's eos)

@@ -17,7 +17,7 @@
 
 #include "actors/errors.hpp"
 #include "kernels/threads.hpp"
-#include "model/model.hpp"
+#include "model/engine.hpp"
 #include "model/sampler.hpp"
 
 namespace troupe {
@@ -25,8 +25,8 @@ namespace troupe {
 namespace {
 
 struct stage_state {
-  std::shared_ptr<model> m;
-  std::shared_ptr<kv_cache> kv;
+  std::shared_ptr<engine> m;
+  std::shared_ptr<engine_kv> kv;
   stage_fault_hook hook;
   int threads = 0;
   bool threads_set = false;
@@ -127,8 +127,8 @@ caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
   return r;
 }
 
-pipeline_stage_actor::behavior_type pipeline_stage(stage_ptr self, std::shared_ptr<model> m,
-                                                   std::shared_ptr<kv_cache> kv, int threads, stage_fault_hook hook) {
+pipeline_stage_actor::behavior_type pipeline_stage(stage_ptr self, std::shared_ptr<engine> m,
+                                                   std::shared_ptr<engine_kv> kv, int threads, stage_fault_hook hook) {
   self->state.m = std::move(m);
   self->state.kv = std::move(kv);
   self->state.threads = threads;
@@ -143,9 +143,9 @@ pipeline_stage_actor::behavior_type pipeline_stage(stage_ptr self, std::shared_p
 
 pipeline_stage_actor pipeline_stage_spawn(caf::actor_system& sys, const stage_options& opt) {
   if (!opt.weights) throw error(errc::errc_invalid_argument, "pipeline stage: no model");
-  std::shared_ptr<kv_cache> kv;
+  std::shared_ptr<engine_kv> kv;
   try {
-    kv = std::make_shared<kv_cache>(opt.kv);
+    kv = opt.weights->kv_make(opt.kv.page_size, opt.kv.n_pages);
   } catch (const std::bad_alloc&) {
     throw error(errc::errc_kv_exhausted,
                 "pipeline stage: cannot allocate " + std::to_string(opt.kv.n_pages) + " KV pages");

@@ -15,15 +15,13 @@
 
 #include "actors/messages.hpp"
 #include "config/errors.hpp"
-#include "model/kv_cache.hpp"
+#include "model/engine.hpp"
 
 namespace caf {
 class actor_system;
 }
 
 namespace troupe {
-
-class model;
 
 /// TEST-ONLY fault injection: called by the stage with every plan before it
 /// runs. Returning an errc other than ok fails that step with an error reply
@@ -33,13 +31,15 @@ using stage_fault_hook = std::function<errc(const step_plan&)>;
 
 /// What a stage is built from.
 struct stage_options {
-  std::shared_ptr<model> weights;  ///< shared with later stages of the same instance; one stage runs it at a time
-  kv_cache_config kv;              ///< geometry and page count of the stage's cache
+  std::shared_ptr<engine> weights;  ///< the model on its device (CPU or CUDA); shared with later incarnations of
+                                   ///< the stage; one stage runs it at a time
+  kv_cache_config kv;              ///< geometry and page count of the stage's cache (page_size, n_pages are used;
+                                   ///< the engine decides the element type)
   int threads = 0;                 ///< CPU threads for the kernels (0 = all cores), set on the stage's thread
   stage_fault_hook fault_hook;     ///< tests only
 };
 
-/// Allocates the KV cache, then spawns the stage on its own thread. Throws
+/// Allocates the KV cache on the engine's device, then spawns the stage on its own thread. Throws
 /// troupe::error when the cache cannot be allocated (bad geometry).
 pipeline_stage_actor pipeline_stage_spawn(caf::actor_system& sys, const stage_options& opt);
 

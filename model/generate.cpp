@@ -15,9 +15,10 @@ void check(errc e, const char* what) {
   if (e != errc::ok) throw error(e, std::string(what) + " failed: " + errc_name(e));
 }
 
-}  // namespace
-
-errc prefill(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> prompt, int64_t chunk_size,
+// One body for both signatures: the CPU model with its kv_cache, and any
+// engine with its engine_kv.
+template <class M, class KV>
+errc prefill_impl(M& m, KV& kv, int64_t seq, std::span<const int32_t> prompt, int64_t chunk_size,
              std::vector<float>* all_logits, std::vector<float>* last_logits) {
   if (chunk_size <= 0 || prompt.empty()) return errc::errc_invalid_argument;
   const size_t vocab = static_cast<size_t>(m.config().vocab_size);
@@ -36,8 +37,9 @@ errc prefill(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> promp
   return errc::ok;
 }
 
-generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> prompt,
-                         const generate_options& opt) {
+template <class M, class KV>
+generate_result generate_impl(M& m, KV& kv, int64_t seq, std::span<const int32_t> prompt,
+                              const generate_options& opt) {
   if (std::string bad = sampling_params_validate(opt.sampling); !bad.empty())
     throw error(errc::errc_invalid_argument, bad);
   if (opt.max_tokens < 0) throw error(errc::errc_invalid_argument, "max_tokens must be >= 0");
@@ -49,7 +51,7 @@ generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const in
   eos.insert(eos.end(), opt.eos_token_ids.begin(), opt.eos_token_ids.end());
   std::vector<float> logits;
   auto t0 = std::chrono::steady_clock::now();
-  errc e = prefill(m, kv, seq, prompt, opt.chunk_size, nullptr, &logits);
+  errc e = prefill_impl(m, kv, seq, prompt, opt.chunk_size, nullptr, &logits);
   r.prefill_seconds = seconds_since(t0);
   if (e != errc::ok) {
     kv.free(seq);
@@ -74,6 +76,28 @@ generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const in
   r.decode_seconds = seconds_since(t0);
   kv.free(seq);
   return r;
+}
+
+}  // namespace
+
+errc prefill(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> prompt, int64_t chunk_size,
+             std::vector<float>* all_logits, std::vector<float>* last_logits) {
+  return prefill_impl(m, kv, seq, prompt, chunk_size, all_logits, last_logits);
+}
+
+errc prefill(engine& m, engine_kv& kv, int64_t seq, std::span<const int32_t> prompt, int64_t chunk_size,
+             std::vector<float>* all_logits, std::vector<float>* last_logits) {
+  return prefill_impl(m, kv, seq, prompt, chunk_size, all_logits, last_logits);
+}
+
+generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> prompt,
+                         const generate_options& opt) {
+  return generate_impl(m, kv, seq, prompt, opt);
+}
+
+generate_result generate(engine& m, engine_kv& kv, int64_t seq, std::span<const int32_t> prompt,
+                         const generate_options& opt) {
+  return generate_impl(m, kv, seq, prompt, opt);
 }
 
 }  // namespace troupe

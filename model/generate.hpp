@@ -45,4 +45,12 @@ errc prefill(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> promp
 generate_result generate(model& m, kv_cache& kv, int64_t seq, std::span<const int32_t> prompt,
                          const generate_options& opt);
 
+/// prefill on any backend (engine_load), with a cache made by m.kv_make.
+errc prefill(engine& m, engine_kv& kv, int64_t seq, std::span<const int32_t> prompt, int64_t chunk_size,
+             std::vector<float>* all_logits, std::vector<float>* last_logits);
+
+/// generate on any backend (engine_load), with a cache made by m.kv_make.
+generate_result generate(engine& m, engine_kv& kv, int64_t seq, std::span<const int32_t> prompt,
+                         const generate_options& opt);
+
 }  // namespace troupe

@@ -18,7 +18,7 @@ kv_cache::kv_cache(const kv_cache_config& c) : cfg_(c) {
                 "kv_cache: every dimension must be positive (layers " + std::to_string(c.n_layers) + ", kv heads " +
                     std::to_string(c.n_kv_heads) + ", head_dim " + std::to_string(c.head_dim) + ", page_size " +
                     std::to_string(c.page_size) + ", pages " + std::to_string(c.n_pages) + ")");
-  storage_ = host_buffer(page_bytes() * static_cast<size_t>(c.n_pages));
+  if (c.host_storage) storage_ = host_buffer(page_bytes() * static_cast<size_t>(c.n_pages));
   free_.resize(static_cast<size_t>(c.n_pages));
   for (int64_t i = 0; i < c.n_pages; ++i) free_[static_cast<size_t>(i)] = static_cast<int32_t>(c.n_pages - 1 - i);
 }
@@ -103,6 +103,7 @@ size_t kv_cache::transfer_bytes(int64_t n_tokens) const {
 errc kv_cache::gather(int64_t seq, std::span<std::byte> dst) const {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return errc::errc_unknown_sequence;
+  if (!cfg_.host_storage) return errc::errc_unsupported;
   const seq_state& s = it->second;
   if (dst.size() < transfer_bytes(s.length)) return errc::errc_invalid_argument;
   const size_t rb = row_bytes();
@@ -119,6 +120,7 @@ errc kv_cache::gather(int64_t seq, std::span<std::byte> dst) const {
 }
 
 errc kv_cache::scatter(int64_t seq, std::span<const std::byte> src, int64_t n_tokens) {
+  if (!cfg_.host_storage) return errc::errc_unsupported;
   if (contains(seq)) return errc::errc_invalid_argument;
   if (n_tokens < 0 || src.size() < transfer_bytes(n_tokens)) return errc::errc_invalid_argument;
   if (errc e = append(seq, n_tokens); e != errc::ok) {

@@ -29,6 +29,10 @@ struct kv_cache_config {
   int64_t page_size = 16;   ///< token slots per page
   int64_t n_pages = 0;
   dtype type = dtype::dtype_f32;
+  /// false: page allocator and page tables only, no host storage (a backend
+  /// that keeps the pages elsewhere, e.g. on a GPU); row, layer_view, gather
+  /// and scatter are then unavailable (scatter/gather return errc_unsupported).
+  bool host_storage = true;
 };
 
 /// Pages needed for a budget of `bytes` with this geometry (n_pages ignored).
@@ -37,7 +41,7 @@ int64_t kv_cache_pages_for_bytes(const kv_cache_config& c, size_t bytes);
 /// A paged KV cache: page allocator, per-sequence page tables, row access.
 class kv_cache {
  public:
-  /// Allocates n_pages pages; throws troupe::error(errc_invalid_argument) on a bad geometry.
+  /// Allocates n_pages pages (host memory unless c.host_storage is false); throws troupe::error(errc_invalid_argument) on a bad geometry.
   explicit kv_cache(const kv_cache_config& c);
 
   /// The geometry.
@@ -85,14 +89,18 @@ class kv_cache {
   /// in the transfer layout. errc_kv_exhausted leaves the cache unchanged.
   errc scatter(int64_t seq, std::span<const std::byte> src, int64_t n_tokens);
 
+  /// Bytes of one page (every layer's K and V blocks).
+  size_t page_bytes() const { return block_bytes() * 2 * static_cast<size_t>(cfg_.n_layers); }
+  /// Bytes of one layer's K (or V) block within a page.
+  size_t block_bytes() const { return row_bytes() * static_cast<size_t>(cfg_.page_size); }
+  /// Bytes of one token's K (or V) row.
+  size_t row_bytes() const { return static_cast<size_t>(cfg_.n_kv_heads * cfg_.head_dim) * dtype_size(cfg_.type); }
+
  private:
   struct seq_state {
     int64_t length = 0;
     std::vector<int32_t> pages;
   };
-  size_t row_bytes() const { return static_cast<size_t>(cfg_.n_kv_heads * cfg_.head_dim) * dtype_size(cfg_.type); }
-  size_t block_bytes() const { return row_bytes() * static_cast<size_t>(cfg_.page_size); }
-  size_t page_bytes() const { return block_bytes() * 2 * static_cast<size_t>(cfg_.n_layers); }
   std::byte* block(int32_t page, int64_t layer, int kind) const;
 
   kv_cache_config cfg_;

@@ -14,34 +14,15 @@
 
 #include "config/errors.hpp"
 #include "kernels/rope.hpp"
+#include "model/engine.hpp"
 #include "model/kv_cache.hpp"
 #include "model/model_config.hpp"
 #include "model/weight_arena.hpp"
 
 namespace troupe {
 
-/// Which logits an entry wants.
-enum class logits_mode : uint8_t {
-  logits_none,  ///< none (a prefill chunk that is not the prompt's last)
-  logits_last,  ///< the chunk's last position
-  logits_all,   ///< every position of the chunk
-};
-
-/// One sequence's part of a step.
-struct seq_chunk {
-  int64_t seq_id = 0;
-  std::span<const int32_t> tokens;  ///< the new tokens (for a non-first stage: only their count matters)
-  logits_mode logits = logits_mode::logits_last;
-};
-
-/// Hidden-state hand-off for pipeline stages; unused by a full model.
-struct stage_io {
-  const float* hidden_in = nullptr;        ///< [total tokens][hidden] when the range does not start at layer 0
-  std::vector<float>* hidden_out = nullptr;  ///< filled when the range does not end at the last layer
-};
-
 /// A loaded model (or layer range) ready to run on the CPU backend.
-class model {
+class model : public engine {
  public:
   /// Takes ownership of the weights of `weights.range()`.
   model(model_config cfg, weight_arena weights);
@@ -51,7 +32,20 @@ class model {
   static model load(const std::filesystem::path& dir, layer_range range = {});
 
   /// The architecture.
-  const model_config& config() const { return cfg_; }
+  const model_config& config() const override { return cfg_; }
+  /// The layers held.
+  layer_range range() const override { return weights_.range(); }
+  /// "cpu".
+  std::string device() const override { return "cpu"; }
+  /// The CPU backend keeps fp32 pages.
+  dtype kv_dtype() const override { return dtype::dtype_f32; }
+  /// A host KV cache (engine_kv with storage).
+  std::unique_ptr<engine_kv> kv_make(int64_t page_size, int64_t n_pages) override;
+  /// forward() on the cache of an engine_kv made by kv_make.
+  errc forward(std::span<const seq_chunk> batch, engine_kv& kv, std::vector<float>& logits,
+               stage_io io = {}) override {
+    return forward(batch, kv.pages(), logits, io);
+  }
   /// The weights held.
   const weight_arena& weights() const { return weights_; }
   /// A KV cache geometry for this model's range with `n_pages` pages.
