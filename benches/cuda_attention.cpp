@@ -6,7 +6,9 @@
 // same run. Decode bytes are the K/V rows every sequence must read plus q and
 // out; the pool is rotated over several copies ("layers") when one would fit
 // in L2, and decode steps are timed as graph replays of several launches so
-// that launch gaps do not count. PyTorch SDPA on the same prefill shapes is
+// that launch gaps do not count. Prefill runs twice: the own mma.sync kernel
+// and the default path (cuDNN's fused attention where libcudnn.so.9 loads,
+// its per-shape plan built before timing). PyTorch SDPA on the same prefill shapes is
 // benches/gpu/attention_sdpa.py, run in the same device call.
 #include <CLI/CLI.hpp>
 
@@ -70,7 +72,7 @@ paged_kv pool_view(const dev_mem& pool, int layers, int layer) {
   return kv;
 }
 
-double prefill_tflops(int64_t n, cuda_stream s, double& ms_out) {
+double prefill_tflops(int64_t n, cuda_stream s, prefill_backend which, double& ms_out, std::string& path) {
   const int64_t pages = (n + page_size - 1) / page_size;
   dev_mem pool(static_cast<size_t>(pages) * 2 * page_size * row_bytes);
   fill_random_bf16(pool.p, static_cast<size_t>(pages) * 2 * page_size * row_bytes, 11);
@@ -92,7 +94,12 @@ double prefill_tflops(int64_t n, cuda_stream s, double& ms_out) {
   b.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const paged_kv kv = pool_view(pool, 1, 0);
   const int reps = n >= 32768 ? 10 : 20;
-  ms_out = time_median_ms(s, [&] { attention_prefill_cuda(b, kv, n, s); }, 3, reps);
+  attention_prefill_cuda(b, kv, n, s, which);  // builds the cuDNN plan outside the timing
+  TROUPE_BENCH_CUDA(cudaStreamSynchronize(s));
+  std::string why;
+  path = attention_prefill_last_path(&why);
+  if (!why.empty() && which != prefill_backend::prefill_backend_own) std::printf("  (%s)\n", why.c_str());
+  ms_out = time_median_ms(s, [&] { attention_prefill_cuda(b, kv, n, s, which); }, 3, reps);
   const double flops = 4.0 * static_cast<double>(n) * n * head_dim * n_heads / 2.0;
   return flops / (ms_out * 1e-3) / 1e12;
 }
@@ -165,13 +172,35 @@ int main(int argc, char** argv) {
     std::printf("device %s, %d SMs; device-to-device copy %.0f GB/s (read + written)\n", prop.name,
                 prop.multiProcessorCount, copy);
     std::printf("\nprefill (causal, 1 sequence, 32 q heads / 8 kv heads, d 128; FLOPs 4*n^2*d*h/2)\n");
-    std::printf("%8s %10s %10s\n", "tokens", "ms", "TFLOP/s");
-    for (int64_t n : {1024, 8192, 32768}) {
-      double ms = 0;
-      const double tf = prefill_tflops(n, st, ms);
-      std::printf("%8lld %10.3f %10.1f\n", static_cast<long long>(n), ms, tf);
-      j["prefill"].push_back({{"tokens", n}, {"ms", ms}, {"tflops", tf}});
-    }
+    std::string cudnn_why;
+    const bool cudnn = attention_prefill_cudnn_available(&cudnn_why);
+    std::printf("cuDNN: %s\n", cudnn_why.c_str());
+    j["cudnn"] = cudnn_why;
+    std::printf("%8s %22s %10s %10s\n", "tokens", "path", "ms", "TFLOP/s");
+    // Rows: the own kernel, the default path, then each cuDNN graph variant pinned.
+    const std::vector<std::pair<prefill_backend, int>> runs = {{prefill_backend::prefill_backend_own, 0},
+                                                               {prefill_backend::prefill_backend_auto, 0},
+                                                               {prefill_backend::prefill_backend_cudnn, 1},
+                                                               {prefill_backend::prefill_backend_cudnn, 2},
+                                                               {prefill_backend::prefill_backend_cudnn, 3}};
+    for (int64_t n : {1024, 8192, 32768})
+      for (const auto& [which, variant] : runs) {
+        if (which != prefill_backend::prefill_backend_own && !cudnn) continue;
+        attention_prefill_cudnn_variant(variant);
+        double ms = 0;
+        std::string path;
+        double tf = 0;
+        try {
+          tf = prefill_tflops(n, st, which, ms, path);
+        } catch (const std::exception& e) {
+          std::printf("%8lld %16s  declined: %s\n", static_cast<long long>(n), "cudnn", e.what());
+          continue;
+        }
+        const std::string label = variant == 0 ? path : path + " (pinned)";
+        std::printf("%8lld %22s %10.3f %10.1f\n", static_cast<long long>(n), label.c_str(), ms, tf);
+        j["prefill"].push_back({{"tokens", n}, {"path", label}, {"ms", ms}, {"tflops", tf}});
+      }
+    attention_prefill_cudnn_variant(0);
     std::printf("\ndecode (1 query/sequence; bytes = K/V read + q + out; ratio to copy bandwidth)\n");
     std::printf("%6s %8s %7s %7s %10s %9s %7s\n", "batch", "context", "splits", "layers", "us", "GB/s", "ratio");
     for (int64_t batch : {1, 8, 64})

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda_stream.hpp"
 #include "kernels/dtype.hpp"
@@ -71,6 +72,36 @@ struct attention_batch_cuda {
 /// 64 or 128. `max_q_len` (host value, >= every q_len) sizes the grid.
 /// Throws error(errc_invalid_argument) naming a bad argument.
 void attention_prefill_cuda(const attention_batch_cuda& b, const paged_kv& kv, int64_t max_q_len, cuda_stream s);
+
+/// Which implementation attention_prefill_cuda runs.
+enum class prefill_backend {
+  prefill_backend_auto,   ///< cuDNN's fused attention where it loads and takes the shape, else the own kernel
+  prefill_backend_cudnn,  ///< cuDNN only: throws error(errc_unsupported) saying why when it cannot run
+  prefill_backend_own,    ///< troupe's mma.sync kernel (kernels/cuda/attention_prefill.cu)
+};
+
+/// attention_prefill_cuda with the implementation chosen. The one above is
+/// prefill_backend_auto. cuDNN (libcudnn.so.9, >= 9.5) is loaded at run time;
+/// its plans are built once per shape (batch size, heads, max_q_len rounded
+/// up to a power of two, block-table width, page geometry, window on/off) and
+/// keep per-shape device scratch, so concurrent calls of one shape on two
+/// streams must not overlap.
+void attention_prefill_cuda(const attention_batch_cuda& b, const paged_kv& kv, int64_t max_q_len, cuda_stream s,
+                            prefill_backend which);
+
+/// Diagnostics and benchmarks: pins the cuDNN graph variant (1: K/V read
+/// from the pages, ragged Q/O; 2: K/V gathered contiguous first, ragged;
+/// 3: K/V gathered, dense Q/O/K/V, one sequence only); 0 restores the default
+/// order of trial. Process-wide.
+void attention_prefill_cudnn_variant(int variant);
+
+/// Whether cuDNN's fused attention can be loaded; `why` gets its version or the reason it cannot.
+bool attention_prefill_cudnn_available(std::string* why = nullptr);
+
+/// The path the calling thread's last attention_prefill_cuda took: "cudnn"
+/// (K/V read from the pages), "cudnn-gathered" (K/V copied contiguous first),
+/// "cudnn-dense" (gathered, one sequence, no ragged offsets) or "own"; `why` gets the reason cuDNN was not used, if it was not.
+std::string attention_prefill_last_path(std::string* why = nullptr);
 
 /// Split count for attention_decode_cuda: as many (sequence, kv head, split)
 /// blocks as fit on `n_sms` multiprocessors at once (one wave), no split
