@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libcaf-dev                 # actors (CAF 0.17)
   libucx-dev ucx-utils       # transport
+  libssl-dev                 # libcrypto: HMAC-SHA256 of the node handshake
   libmsgpack-cxx-dev         # wire format
   libspdlog-dev libfmt-dev   # logging
   doctest-dev                # tests

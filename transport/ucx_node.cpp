@@ -1,0 +1,416 @@
+// Start-up, the progress loop and the public calls of ucx_node (the design is
+// in ucx_node.hpp; the handshake and receive path in ucx_link.cpp).
+//
+// The loop: run queued commands, progress the worker until it has nothing
+// left, run what callbacks deferred, send heartbeats and check deadlines,
+// then arm the worker and sleep in poll() on its event fd and our eventfd
+// until UCX has an event, a caller posts work, or the next timer is due.
+#include <netdb.h>
+#include <poll.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "transport/ucx_node_impl.hpp"
+
+namespace troupe {
+
+using namespace ucx_detail;
+
+namespace ucx_detail {
+
+std::shared_ptr<spdlog::logger> transport_log() {
+  static const std::shared_ptr<spdlog::logger> log = [] {
+    if (auto l = spdlog::get("transport")) return l;
+    try {
+      return spdlog::stderr_color_mt("transport");
+    } catch (const spdlog::spdlog_ex&) {  // another thread registered it first
+      return spdlog::get("transport");
+    }
+  }();
+  return log;
+}
+
+}  // namespace ucx_detail
+
+namespace {
+
+// host:port → socket address; errc_invalid_argument (why in *why) when it does not resolve.
+errc resolve(const std::string& host, uint16_t port, bool passive, sockaddr_storage& out, socklen_t& len,
+             std::string* why) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    *why = "cannot resolve '" + host + "': " + gai_strerror(rc);
+    return errc::errc_invalid_argument;
+  }
+  std::memcpy(&out, res->ai_addr, res->ai_addrlen);
+  len = res->ai_addrlen;
+  freeaddrinfo(res);
+  return errc::ok;
+}
+
+void send_done(void* request, ucs_status_t status, void* user_data);
+
+// An active message in flight: its header and bytes must outlive the send.
+struct send_op {
+  ucx_node::impl* owner;
+  am_header header;
+  std::vector<char> bytes;
+};
+
+void send_done(void* request, ucs_status_t status, void* user_data) {
+  auto* op = static_cast<send_op*>(user_data);
+  if (status != UCS_OK && status != UCS_ERR_CANCELED)
+    transport_log()->debug("active message send failed: {}", ucs_status_string(status));
+  --op->owner->outstanding_;
+  delete op;
+  ucp_request_free(request);
+}
+
+}  // namespace
+
+// ---- start-up and teardown ----
+
+ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(std::move(h)) {
+  if (opt_.name.empty() || opt_.name.size() > ucx_handshake::max_name_bytes)
+    throw error(errc::errc_invalid_argument, "ucx_node: name must have 1..255 bytes, got '" + opt_.name + "'");
+  if (opt_.secret.empty()) throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': secret is empty");
+  if (opt_.heartbeat_interval.count() <= 0 || opt_.heartbeat_timeout <= opt_.heartbeat_interval)
+    throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name +
+                                                 "': need 0 < heartbeat_interval < heartbeat_timeout, got " +
+                                                 std::to_string(opt_.heartbeat_interval.count()) + " ms and " +
+                                                 std::to_string(opt_.heartbeat_timeout.count()) + " ms");
+  if (opt_.handshake_timeout.count() <= 0)
+    throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': handshake_timeout must be positive");
+  boot_id_ = ucx_handshake::local_boot_id();
+
+  ucp_config_t* config = nullptr;
+  TROUPE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_TAG | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  params.name = opt_.name.c_str();
+  const ucs_status_t st = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  TROUPE_UCS_CHECK(st, "ucp_init");
+
+  try {
+    ucp_worker_params_t wp{};
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread calls into the worker
+    TROUPE_UCS_CHECK(ucp_worker_create(context_, &wp, &worker_), "ucp_worker_create");
+    TROUPE_UCS_CHECK(ucp_worker_get_efd(worker_, &worker_fd_), "ucp_worker_get_efd");
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw error(errc::errc_io, std::string("ucx_node: eventfd: ") + std::strerror(errno));
+    register_am_handlers();
+
+    if (opt_.shared_memory) {
+      ucp_address_t* addr = nullptr;
+      size_t len = 0;
+      TROUPE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
+      worker_address_.assign(reinterpret_cast<const char*>(addr), reinterpret_cast<const char*>(addr) + len);
+      ucp_worker_release_address(worker_, addr);
+    }
+
+    sockaddr_storage sa{};
+    socklen_t sa_len = 0;
+    std::string why;
+    if (resolve(opt_.host, opt_.port, true, sa, sa_len, &why) != errc::ok)
+      throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': listener " + why);
+    ucp_listener_params_t lp{};
+    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
+    lp.sockaddr.addrlen = sa_len;
+    lp.conn_handler.cb = [](ucp_conn_request_h request, void* arg) {
+      auto* self = static_cast<impl*>(arg);
+      self->defer([self, request] { self->accept_connection(request); });
+    };
+    lp.conn_handler.arg = this;
+    TROUPE_UCS_CHECK(ucp_listener_create(worker_, &lp, &listener_),
+                     "ucp_listener_create on " + opt_.host + ":" + std::to_string(opt_.port));
+    ucp_listener_attr_t la{};
+    la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    TROUPE_UCS_CHECK(ucp_listener_query(listener_, &la), "ucp_listener_query");
+    port_ = ntohs(la.sockaddr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&la.sockaddr)->sin6_port
+                                                    : reinterpret_cast<sockaddr_in*>(&la.sockaddr)->sin_port);
+  } catch (...) {
+    if (listener_ != nullptr) ucp_listener_destroy(listener_);
+    if (wake_fd_ >= 0) close(wake_fd_);
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    ucp_cleanup(context_);
+    throw;
+  }
+  next_heartbeat_ = clock::now() + opt_.heartbeat_interval;
+  transport_log()->info("node {} listening on {}:{} (shared memory {})", opt_.name, opt_.host, port_,
+                        opt_.shared_memory ? "on" : "off");
+  thread_ = std::thread([this] { run(); });
+}
+
+ucx_node::impl::~impl() {
+  stop_ = true;
+  wake();
+  if (thread_.joinable()) thread_.join();
+  close(wake_fd_);
+  ucp_cleanup(context_);
+}
+
+void ucx_node::impl::shutdown() {
+  shutting_down_ = true;
+  // Let envelopes already handed to UCX arrive (a rendezvous send completes
+  // once the peer has fetched it), then say goodbye on the endpoint that
+  // carried them, behind them, so up peers see link_down at once.
+  auto drain = [this](std::chrono::milliseconds limit) {
+    const auto deadline = clock::now() + limit;
+    while (outstanding_ > 0 && clock::now() < deadline) ucp_worker_progress(worker_);
+  };
+  drain(std::chrono::milliseconds(1000));
+  for (auto& [id, l] : links_)
+    if (l->state == link_state::up) send_routed(l.get(), am_bye, l->header_to_peer(), {}, nullptr);
+  drain(std::chrono::milliseconds(200));
+  std::vector<uint32_t> ids;
+  for (auto& [id, l] : links_) ids.push_back(id);
+  for (uint32_t id : ids) close_endpoints(id, false);
+  const auto close_deadline = clock::now() + std::chrono::seconds(1);
+  while ((!closing_.empty() || outstanding_ > 0) && clock::now() < close_deadline) {
+    ucp_worker_progress(worker_);
+    run_deferred();
+    reap_closing();
+  }
+  if (!closing_.empty() || outstanding_ > 0)
+    transport_log()->warn("node {}: {} endpoints and {} operations still open at shutdown", opt_.name, closing_.size(),
+                          outstanding_);
+  ucp_listener_destroy(listener_);
+  ucp_worker_destroy(worker_);
+  deferred_.clear();
+  closing_.clear();
+  links_.clear();
+}
+
+// ---- the progress loop ----
+
+void ucx_node::impl::post(std::function<void()> fn) {
+  bool was_empty = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    was_empty = commands_.empty();
+    commands_.push_back(std::move(fn));
+  }
+  // A non-empty queue already has a wake-up pending.
+  if (was_empty) wake();
+}
+
+void ucx_node::impl::wake() {
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof one) < 0 && errno != EAGAIN)
+    transport_log()->error("node {}: eventfd write: {}", opt_.name, std::strerror(errno));
+}
+
+void ucx_node::impl::run_commands() {
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.swap(commands_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+void ucx_node::impl::run_deferred() {
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> batch;
+    batch.swap(deferred_);
+    for (auto& fn : batch) fn();
+  }
+}
+
+void ucx_node::impl::reap_closing() {
+  for (auto it = closing_.begin(); it != closing_.end();) {
+    auto& reqs = (*it)->close_requests;
+    reqs.erase(std::remove_if(reqs.begin(), reqs.end(),
+                              [](void* r) {
+                                if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
+                                ucp_request_free(r);
+                                return true;
+                              }),
+               reqs.end());
+    it = reqs.empty() ? closing_.erase(it) : it + 1;
+  }
+}
+
+int ucx_node::impl::poll_timeout_ms(clock::time_point now) const {
+  clock::time_point next = next_heartbeat_;
+  for (const auto& [id, l] : links_) {
+    if (l->state == link_state::up)
+      next = std::min(next, l->last_heard + opt_.heartbeat_timeout);
+    else if (l->state != link_state::closed)
+      next = std::min(next, l->deadline);
+  }
+  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
+  return static_cast<int>(std::clamp<int64_t>(ms, 0, INT_MAX));
+}
+
+void ucx_node::impl::tick(clock::time_point now) {
+  const bool beat = now >= next_heartbeat_;
+  if (beat) next_heartbeat_ = now + opt_.heartbeat_interval;
+  std::vector<link*> snapshot;
+  for (auto& [id, l] : links_) snapshot.push_back(l.get());
+  for (link* l : snapshot) {
+    if (l->state == link_state::closed) continue;
+    if (l->state != link_state::up) {
+      if (now >= l->deadline)
+        fail_link(l, "did not finish the handshake within " + std::to_string(opt_.handshake_timeout.count()) + " ms",
+                  link_end::dead);
+      continue;
+    }
+    if (now - l->last_heard >= opt_.heartbeat_timeout) {
+      fail_link(l, "silent for " + std::to_string(opt_.heartbeat_timeout.count()) + " ms (heartbeat timeout)",
+                link_end::dead);
+      continue;
+    }
+    if (beat) send_am(l->ep, am_heartbeat, l->header_to_peer(), {});
+  }
+}
+
+void ucx_node::impl::run() {
+  pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  for (;;) {
+    run_commands();
+    if (stop_) break;
+    while (ucp_worker_progress(worker_) != 0) {
+    }
+    run_deferred();
+    tick(clock::now());
+    run_deferred();
+    reap_closing();
+    const ucs_status_t st = ucp_worker_arm(worker_);
+    if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
+    if (st != UCS_OK) transport_log()->error("node {}: ucp_worker_arm: {}", opt_.name, ucs_status_string(st));
+    const int n = ::poll(fds, 2, st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
+    if (n > 0 && (fds[1].revents & POLLIN) != 0) {
+      uint64_t v = 0;
+      (void)!read(wake_fd_, &v, sizeof v);
+    }
+  }
+  shutdown();
+}
+
+bool ucx_node::impl::send_am(ucp_ep_h ep, unsigned id, const am_header& h, std::vector<char> bytes, uint32_t flags) {
+  auto* op = new send_op{this, h, std::move(bytes)};
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.cb.send = send_done;
+  p.user_data = op;
+  p.flags = flags;
+  const ucs_status_ptr_t r =
+      ucp_am_send_nbx(ep, id, &op->header, sizeof op->header, op->bytes.data(), op->bytes.size(), &p);
+  if (UCS_PTR_IS_ERR(r)) {
+    transport_log()->warn("node {}: active message {} not sent: {}", opt_.name, id,
+                          ucs_status_string(UCS_PTR_STATUS(r)));
+    delete op;
+    return false;
+  }
+  if (r == nullptr)
+    delete op;  // sent at once; the callback will not run
+  else
+    ++outstanding_;
+  return true;
+}
+
+bool ucx_node::impl::send_routed(link* l, unsigned id, const am_header& h, std::vector<char> bytes, bool* ok) {
+  const bool shm = l->data_ep != nullptr && bytes.size() <= shm_eager_max_bytes;
+  const bool sent = shm ? send_am(l->data_ep, id, h, std::move(bytes), UCP_AM_SEND_FLAG_EAGER)
+                        : send_am(l->ep, id, h, std::move(bytes));
+  if (ok != nullptr) *ok = sent;
+  return shm;
+}
+
+// ---- the public face ----
+
+ucx_node::ucx_node(ucx_node_options options, handlers h)
+    : impl_(std::make_unique<impl>(std::move(options), std::move(h))) {}
+
+ucx_node::~ucx_node() = default;
+
+const std::string& ucx_node::name() const { return impl_->opt_.name; }
+
+uint16_t ucx_node::port() const { return impl_->port_; }
+
+errc ucx_node::connect(const std::string& host, uint16_t port, const std::string& expected_name) {
+  sockaddr_storage sa{};
+  socklen_t len = 0;
+  std::string why;
+  if (resolve(host, port, false, sa, len, &why) != errc::ok) {
+    transport_log()->error("node {}: connect: {}", impl_->opt_.name, why);
+    return errc::errc_invalid_argument;
+  }
+  impl* self = impl_.get();
+  std::string where = host + ":" + std::to_string(port);
+  self->post(
+      [self, sa, len, where = std::move(where), expected_name] { self->start_client(sa, len, where, expected_name); });
+  return errc::ok;
+}
+
+errc ucx_node::send(const std::string& node, const wire_envelope& envelope) {
+  if (envelope.payload.size() > UINT32_MAX) return errc::errc_invalid_argument;
+  return send_raw(node, wire_encode(envelope));
+}
+
+errc ucx_node::send_raw(const std::string& node, std::vector<char> bytes) {
+  impl* self = impl_.get();
+  {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    if (self->up_names_.count(node) == 0) return errc::errc_invalid_argument;
+  }
+  self->post([self, node, bytes = std::move(bytes)]() mutable {
+    auto it = self->by_name_.find(node);
+    link* l = it == self->by_name_.end() ? nullptr : self->find(it->second);
+    if (l == nullptr || l->state != link_state::up) {
+      ++self->c_.dropped_no_link;
+      transport_log()->warn("node {}: envelope to {} dropped: the link went down", self->opt_.name, node);
+      return;
+    }
+    bool ok = false;
+    const bool shm = self->send_routed(l, am_envelope, l->header_to_peer(l->next_seq++), std::move(bytes), &ok);
+    if (!ok)  // the peer would wait for this sequence number forever
+      return self->fail_link(l, "an envelope could not be sent", link_end::dead);
+    ++self->c_.sent;
+    if (shm) ++self->c_.sent_shared_memory;
+  });
+  return errc::ok;
+}
+
+std::vector<std::string> ucx_node::peers() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return {impl_->up_names_.begin(), impl_->up_names_.end()};
+}
+
+ucx_node_counters ucx_node::counters() const {
+  const auto& c = impl_->c_;
+  ucx_node_counters out;
+  out.sent = c.sent;
+  out.delivered = c.delivered;
+  out.received_rendezvous = c.received_rendezvous;
+  out.dropped_malformed = c.dropped_malformed;
+  out.dropped_oversized = c.dropped_oversized;
+  out.dropped_version = c.dropped_version;
+  out.dropped_unauthenticated = c.dropped_unauthenticated;
+  out.dropped_no_link = c.dropped_no_link;
+  out.auth_failures = c.auth_failures;
+  out.handshakes_failed = c.handshakes_failed;
+  out.links_up = c.links_up;
+  out.links_down = c.links_down;
+  out.shared_memory_endpoints = c.shared_memory_endpoints;
+  out.sent_shared_memory = c.sent_shared_memory;
+  return out;
+}
+
+}  // namespace troupe

@@ -1,0 +1,223 @@
+// Inside ucx_node: the state the progress thread owns and the helpers its
+// source files share (ucx_node.cpp: start-up, the progress loop, the public
+// calls; ucx_link.cpp: the handshake and closing links; ucx_receive.cpp:
+// envelopes in, in order). Only the progress thread touches UCX objects and
+// the link tables; other threads go through post() (see ucx_node.hpp). UCX
+// callbacks do not create or close endpoints: those steps go through
+// defer() and run right after progress returns.
+#pragma once
+
+#include <spdlog/spdlog.h>
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "transport/ucx_handshake.hpp"
+#include "transport/ucx_node.hpp"
+
+namespace troupe {
+
+namespace ucx_detail {
+
+using clock = std::chrono::steady_clock;
+
+/// Active message ids; handshake messages first, then link traffic.
+enum am_id : unsigned {
+  am_hello = 1,
+  am_challenge = 2,
+  am_auth = 3,
+  am_accept = 4,
+  am_envelope = 5,
+  am_heartbeat = 6,
+  am_bye = 7,
+};
+
+/// Header of every message after hello: which link of the receiver it is for,
+/// the token that link gave its peer, and (envelopes only) the sender's
+/// sequence number on that link.
+struct am_header {
+  uint32_t link = 0;
+  uint32_t reserved = 0;
+  uint64_t token = 0;
+  uint64_t seq = 0;
+};
+
+/// Envelopes up to this size travel over the shared-memory endpoint, forced
+/// eager (sysv/posix fifos only); larger ones go by rendezvous over the
+/// socket-address endpoint. UCX 1.13 would move large ones on the
+/// shared-memory endpoint by cma, and a cma read from a peer that died is a
+/// fatal error (abort) on an endpoint in error mode NONE. Sequence numbers
+/// restore the order across the two endpoints.
+inline constexpr size_t shm_eager_max_bytes = 256u << 10;
+
+/// How far ahead of the next expected envelope a sequence number may be.
+inline constexpr uint64_t max_inbox_span = 1u << 16;
+
+enum class link_state {
+  connecting,       ///< client: hello sent, waiting for the challenge
+  awaiting_hello,   ///< server: connection accepted, waiting for hello
+  awaiting_auth,    ///< server: challenge sent, waiting for the client's proof
+  awaiting_accept,  ///< client: proof sent, waiting for accept
+  up,               ///< authenticated both ways; carries envelopes
+  closed,           ///< refused or down; endpoints being closed
+};
+
+/// How a link ends, which decides how its endpoints close.
+enum class link_end {
+  dead,     ///< the peer died or stopped answering: force-close, tell it nothing
+  left,     ///< the peer said goodbye: flush-close
+  refused,  ///< this node refuses or drops it: goodbye (when the peer's token is known), then flush-close
+};
+
+/// An envelope waiting for delivery behind an earlier one not yet here.
+struct inbox_slot {
+  bool claimed = false;  ///< its envelope arrived (perhaps still being fetched)
+  bool ready = false;    ///< fetched and decoded (or dropped)
+  bool valid = false;    ///< decoded: deliver it
+  wire_envelope envelope;
+};
+
+struct link {
+  ucx_node::impl* owner = nullptr;
+  uint32_t id = 0;
+  bool client = false;
+  link_state state = link_state::connecting;
+  ucp_ep_h ep = nullptr;       ///< socket-address endpoint (PEER): handshake, heartbeats, liveness
+  ucp_ep_h data_ep = nullptr;  ///< from the peer's worker address (NONE): envelopes on a shared host
+  std::string where;           ///< the peer's socket address, for logs
+  std::string peer_name;       ///< known after hello / challenge
+  std::string expected_name;   ///< client: refuse a peer of another name (empty: any)
+  ucx_handshake::nonce my_nonce{}, peer_nonce{};
+  uint64_t my_token = 0, peer_token = 0;
+  uint32_t peer_link = 0;
+  bool same_host = false;
+  std::vector<char> peer_address;  ///< the peer's worker address (empty: no shared memory offered)
+  clock::time_point deadline;      ///< end of the handshake
+  clock::time_point last_heard;
+  uint64_t next_seq = 0;  ///< sequence number of the next envelope this node sends
+  // In-order delivery: inbox[i] holds the peer's envelope inbox_base + i.
+  uint64_t inbox_base = 0;
+  std::deque<inbox_slot> inbox;
+  std::vector<void*> close_requests;  ///< ucp_ep_close_nbx requests still running
+
+  /// The name for logs: the peer's name once known, else its address.
+  std::string label() const { return peer_name.empty() ? where : peer_name + " (" + where + ")"; }
+  am_header header_to_peer(uint64_t seq = 0) const { return am_header{peer_link, 0, peer_token, seq}; }
+};
+
+/// The transport folder's logger.
+std::shared_ptr<spdlog::logger> transport_log();
+
+}  // namespace ucx_detail
+
+/// Throws troupe::error(errc_io) naming the UCX call, file and line (start-up only).
+#define TROUPE_UCS_CHECK(expr, what)                                                                                 \
+  do {                                                                                                               \
+    const ucs_status_t troupe_ucs_status_ = (expr);                                                                  \
+    if (troupe_ucs_status_ != UCS_OK)                                                                                \
+      throw ::troupe::error(::troupe::errc::errc_io, std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + \
+                                                         (what) + ": " + ucs_status_string(troupe_ucs_status_));     \
+  } while (0)
+
+struct ucx_node::impl {
+  using link = ucx_detail::link;
+  using link_state = ucx_detail::link_state;
+  using clock = ucx_detail::clock;
+
+  impl(ucx_node_options o, handlers h);
+  ~impl();
+
+  // ---- any thread ----
+  /// Runs fn on the progress thread.
+  void post(std::function<void()> fn);
+  void wake();
+
+  // ---- progress thread (ucx_node.cpp) ----
+  void run();
+  void run_commands();
+  void run_deferred();
+  void reap_closing();
+  void tick(clock::time_point now);
+  int poll_timeout_ms(clock::time_point now) const;
+  void shutdown();
+  /// Queues an active message; the bytes live until UCX is done with them.
+  bool send_am(ucp_ep_h ep, unsigned id, const ucx_detail::am_header& h, std::vector<char> bytes, uint32_t flags = 0);
+  /// Sends on the endpoint this size takes (see shm_eager_max_bytes); returns
+  /// whether it went over shared memory, and in *ok whether UCX took it.
+  bool send_routed(link* l, unsigned id, const ucx_detail::am_header& h, std::vector<char> bytes, bool* ok);
+
+  // ---- progress thread (ucx_link.cpp, ucx_receive.cpp) ----
+  void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+  void start_client(const sockaddr_storage& addr, socklen_t len, std::string where, std::string expected_name);
+  void accept_connection(ucp_conn_request_h request);
+  link* new_link(bool client, std::string where);
+  link* find(uint32_t id);
+  /// The link a header names, if its token matches and its state is one of `states`.
+  link* authentic(const void* header, size_t length, std::initializer_list<link_state> states,
+                  ucx_detail::am_header* out = nullptr);
+  /// Marks a link closed once: logs, counts, fires link_down if it was up, closes its endpoints.
+  void fail_link(link* l, const std::string& reason, ucx_detail::link_end how);
+  /// Forced close only for a dead peer: a forced close of the NONE-mode
+  /// endpoint is undefined for a live one, and a flushed close tells the peer.
+  void close_endpoints(uint32_t id, bool force);
+  void bring_up(link* l);
+  void open_data_endpoint(link* l);
+  bool claim_name(link* l, const std::string& name);
+  void on_envelope(link* l, uint64_t seq, void* data, size_t length, const ucp_am_recv_param_t* param);
+  void fetched(uint32_t link_id, uint64_t seq, std::unique_ptr<char[]> buf, size_t length, ucs_status_t st);
+  bool decode_counted(link* l, const char* data, size_t size, wire_envelope& out);
+  void drain_inbox(link* l);
+  void deliver(link* l, wire_envelope&& e);
+  void register_am_handlers();
+
+  // Configuration and handlers (immutable after start).
+  ucx_node_options opt_;
+  handlers h_;
+  std::string boot_id_;
+  std::vector<char> worker_address_;  ///< empty unless shared memory is on
+
+  // UCX objects: touched by the progress thread only once it runs.
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_listener_h listener_ = nullptr;
+  int worker_fd_ = -1;
+  int wake_fd_ = -1;
+  uint16_t port_ = 0;
+
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  bool shutting_down_ = false;  ///< progress thread: no more callbacks to the user
+
+  // Shared with callers: commands to run, and the up links they may send to.
+  mutable std::mutex mu_;
+  std::vector<std::function<void()>> commands_;
+  std::set<std::string> up_names_;
+
+  // Progress thread only.
+  std::vector<std::function<void()>> deferred_;
+  uint32_t next_link_id_ = 1;
+  std::unordered_map<uint32_t, std::unique_ptr<link>> links_;
+  std::unordered_map<ucp_ep_h, uint32_t> by_ep_;       ///< server: socket-address endpoint → link (for hello)
+  std::unordered_map<std::string, uint32_t> by_name_;  ///< peer name → link, any state but closed
+  std::vector<std::unique_ptr<link>> closing_;
+  size_t outstanding_ = 0;  ///< sends and rendezvous receives UCX still holds
+  clock::time_point next_heartbeat_;
+
+  struct atomic_counters {
+    std::atomic<uint64_t> sent{0}, delivered{0}, received_rendezvous{0}, dropped_malformed{0}, dropped_oversized{0},
+        dropped_version{0}, dropped_unauthenticated{0}, dropped_no_link{0}, auth_failures{0}, handshakes_failed{0},
+        links_up{0}, links_down{0}, shared_memory_endpoints{0}, sent_shared_memory{0};
+  } c_;
+};
+
+}  // namespace troupe
