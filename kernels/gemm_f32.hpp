@@ -3,7 +3,8 @@
 // logits are not rounded to bf16 (3 significant digits) before sampling and
 // near-tied tokens keep their order. The CPU twin is matmul(). Own cuBLASLt
 // handle and workspace; the heuristic's first algorithm per shape (the lm_head
-// has one weight shape and few row counts). CUDA builds only.
+// has one weight shape and few row counts). Decode m (<= gemm_gemv_max_m)
+// runs the fp32-output GEMV of kernels/gemv.hpp instead. CUDA builds only.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +12,7 @@
 #include <memory>
 
 #include "kernels/cuda_stream.hpp"
+#include "kernels/gemm.hpp"
 
 namespace troupe {
 
@@ -24,6 +26,12 @@ class gemm_f32_context {
   ~gemm_f32_context();
   gemm_f32_context(const gemm_f32_context&) = delete;
   gemm_f32_context& operator=(const gemm_f32_context&) = delete;
+
+  /// Kernel choice (default gemm_path_auto: the GEMV for m <= gemm_gemv_max_m).
+  void set_path(gemm_path p);
+
+  /// Programmatic dependent launch of the GEMV path (see gemm_context::set_pdl).
+  void set_pdl(bool on);
 
   /// y fp32 [m][n] = x bf16 [m][k] * w bf16 [n][k]^T on stream s (device
   /// pointers). Graph-capturable (no synchronisation). Throws

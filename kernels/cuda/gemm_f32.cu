@@ -9,6 +9,7 @@
 
 #include "config/errors.hpp"
 #include "kernels/cuda/check.cuh"
+#include "kernels/gemv.hpp"
 
 namespace troupe {
 
@@ -33,6 +34,8 @@ struct gemm_f32_context::impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  gemm_path path = gemm_path::gemm_path_auto;
+  bool pdl = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, plan> plans;
 };
 
@@ -53,6 +56,10 @@ gemm_f32_context::~gemm_f32_context() {
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
+void gemm_f32_context::set_path(gemm_path p) { impl_->path = p; }
+
+void gemm_f32_context::set_pdl(bool on) { impl_->pdl = on; }
+
 void gemm_f32_context::run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y,
                            cuda_stream s) {
   if (m < 0 || n <= 0 || k <= 0 || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX)
@@ -61,6 +68,13 @@ void gemm_f32_context::run(const uint16_t* x, int64_t m, int64_t k, const uint16
   if (m == 0) return;
   if (x == nullptr || w == nullptr || y == nullptr)
     throw error(errc::errc_invalid_argument, "gemm_bf16_f32: null pointer");
+  if (impl_->path == gemm_path::gemm_path_gemv ||
+      (impl_->path == gemm_path::gemm_path_auto && m <= gemm_gemv_max_m && gemv_supported(x, m, k, w, n))) {
+    gemv_options opt;
+    opt.pdl = impl_->pdl;
+    gemv_bf16_f32(x, m, k, w, n, nullptr, y, s, opt);  // throws, naming the reason, where it cannot run
+    return;
+  }
   const auto key = std::make_tuple(m, n, k);
   auto it = impl_->plans.find(key);
   if (it == impl_->plans.end()) {
