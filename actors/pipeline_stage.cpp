@@ -1,15 +1,16 @@
-// The stage executes a step_plan in four moves: drop what the plan names
+// The stage executes a step_plan in three moves: drop what the plan names
 // (reset, release, preempt), create samplers for sequences seen for the first
-// time, run one model::forward over every entry, then sample one token per
-// entry that asks for it. Everything that can fail is checked before the
-// forward pass, and model::forward itself is all-or-nothing, so an error
-// reply leaves the cache exactly as the releases left it.
+// time, then one engine::forward_sample over every entry, which samples one
+// token per entry that asks for it (on the device for a CUDA engine, so only
+// token ids and logprobs come back; on the host with each request's CPU
+// sampler otherwise). Everything that can fail is checked before the forward
+// pass, and the forward itself is all-or-nothing, so an error reply leaves
+// the cache exactly as the releases left it.
 #include "actors/pipeline_stage.hpp"
 
 #include <algorithm>
 #include <exception>
 #include <new>
-#include <numeric>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -30,10 +31,11 @@ struct stage_state {
   stage_fault_hook hook;
   int threads = 0;
   bool threads_set = false;
-  std::unordered_map<uint64_t, sampler> samplers;
+  std::unordered_map<uint64_t, request_sampler> samplers;  // node-based: pointers stay valid across inserts
   std::unordered_set<uint64_t> held;  // sequences the cache may hold
   std::vector<seq_chunk> batch;
-  std::vector<float> logits, logprobs;
+  std::vector<sample_request> rows;
+  std::vector<sample_outcome> sampled;
   static inline const char* name = "pipeline_stage";
 };
 
@@ -43,22 +45,6 @@ void drop(stage_state& st, uint64_t seq, bool keep_sampler) {
   st.kv->free(static_cast<int64_t>(seq));
   st.held.erase(seq);
   if (!keep_sampler) st.samplers.erase(seq);
-}
-
-// The chosen token's logprob and the top n alternatives (vLLM: raw logits,
-// log-softmax; ties broken by the lower id).
-void fill_logprobs(std::span<const float> lsm, int32_t token, int32_t n, token_logprob& chosen,
-                   std::vector<token_logprob>& top) {
-  chosen = {token, lsm[static_cast<size_t>(token)]};
-  const size_t k = std::min(static_cast<size_t>(std::max(n, 0)), lsm.size());
-  std::vector<int32_t> ids(lsm.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  std::partial_sort(ids.begin(), ids.begin() + static_cast<long>(k), ids.end(), [&](int32_t a, int32_t b) {
-    const float la = lsm[static_cast<size_t>(a)], lb = lsm[static_cast<size_t>(b)];
-    return la > lb || (la == lb && a < b);
-  });
-  top.clear();
-  for (size_t i = 0; i < k; ++i) top.push_back({ids[i], lsm[static_cast<size_t>(ids[i])]});
 }
 
 caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
@@ -86,7 +72,7 @@ caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
     const sampling_params p = sampling_from_wire(e.sampling);
     if (std::string bad = sampling_params_validate(p); !bad.empty())
       return make_caf_error(errc::errc_invalid_argument, where + "sequence " + std::to_string(e.seq) + ": " + bad);
-    sampler& s = st.samplers.try_emplace(e.seq, p, vocab, std::span<const int32_t>(e.prompt)).first->second;
+    request_sampler& s = st.samplers.try_emplace(e.seq, p, vocab, std::span<const int32_t>(e.prompt)).first->second;
     for (int32_t t : e.generated) s.accept(t);
   }
   step_result r;
@@ -96,9 +82,12 @@ caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
     return r;
   }
   st.batch.clear();
-  for (const plan_entry& e : plan.entries)
+  st.rows.clear();
+  for (const plan_entry& e : plan.entries) {
     st.batch.push_back({static_cast<int64_t>(e.seq), e.tokens, e.sample ? logits_mode::logits_last : logits_mode::logits_none});
-  if (errc e = st.m->forward(st.batch, *st.kv, st.logits); e != errc::ok)
+    if (e.sample) st.rows.push_back({&st.samplers.at(e.seq), e.logprobs});
+  }
+  if (errc e = st.m->forward_sample(st.batch, *st.kv, st.rows, st.sampled); e != errc::ok)
     return make_caf_error(e, where + "forward failed: " + errc_name(e) + " (" + std::to_string(st.kv->free_pages()) +
                                  " KV pages free)");
   for (const plan_entry& e : plan.entries) st.held.insert(e.seq);
@@ -107,20 +96,13 @@ caf::result<step_result> run_step(stage_state& st, const step_plan& plan) {
   size_t row = 0;
   for (const plan_entry& e : plan.entries) {
     if (!e.sample) continue;
-    std::span<const float> logits(st.logits.data() + row * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
-    ++row;
-    token_logprob chosen;
-    std::vector<token_logprob> top;
-    if (e.logprobs >= 0) {
-      st.logprobs.resize(static_cast<size_t>(vocab));
-      sampler::log_softmax(logits, st.logprobs);
-    }
-    const int32_t tok = st.samplers.at(e.seq).sample(logits);
-    r.tokens.push_back(tok);
+    const sample_outcome& o = st.sampled[row++];
+    r.tokens.push_back(o.token);
     if (!any_logprobs) continue;
-    if (e.logprobs >= 0) fill_logprobs(st.logprobs, tok, e.logprobs, chosen, top);
-    else chosen = {tok, 0.0f};
-    r.logprobs.push_back(chosen);
+    std::vector<token_logprob> top;
+    if (e.logprobs >= 0)
+      for (const auto& [id, lp] : o.top) top.push_back({id, lp});
+    r.logprobs.push_back({o.token, e.logprobs >= 0 ? o.logprob : 0.0f});
     r.top_logprobs.push_back(std::move(top));
   }
   r.kv_pages_free = st.kv->free_pages();

@@ -5,6 +5,12 @@
 // tables on the host (model/kv_cache) so that schedulers and stages query
 // free pages and lengths without touching the device. Backends: the CPU model
 // (model/model.hpp) and the CUDA model (model/cuda_model.hpp).
+//
+// Sampling belongs to the engine too (forward_sample): a device engine samples
+// where the logits are and returns only token ids (and the asked logprobs);
+// the default samples on the host with each request's CPU sampler, so the CPU
+// engine behaves exactly as a stage that samples itself. A request's state
+// (request_sampler) serves both paths: one seed, one token history.
 #pragma once
 
 #include <cstddef>
@@ -13,11 +19,14 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/errors.hpp"
+#include "kernels/sample.hpp"
 #include "model/kv_cache.hpp"
 #include "model/model_config.hpp"
+#include "model/sampler.hpp"
 #include "model/weight_arena.hpp"
 
 namespace troupe {
@@ -40,6 +49,56 @@ struct seq_chunk {
 struct stage_io {
   const float* hidden_in = nullptr;          ///< [total tokens][hidden] when the range does not start at layer 0
   std::vector<float>* hidden_out = nullptr;  ///< filled when the range does not end at the last layer
+};
+
+/// A request's sampling state for engine::forward_sample: its CPU sampler (the
+/// host path, and the twin of device samplers), the seed both use, and the
+/// tokens the penalties touch in the form device samplers read. Device draws
+/// are keyed by (seed, tokens generated so far): the same seed gives the same
+/// tokens on the same device, across batches, preemption and recomputation.
+/// Not thread-safe: one request is sampled by one caller at a time.
+class request_sampler {
+ public:
+  /// A missing seed is drawn from std::random_device here, so that every path
+  /// draws from the same one. Prompt tokens feed the repetition penalty; ids
+  /// outside [0, vocab_size) are ignored (as sampler does).
+  request_sampler(const sampling_params& p, int64_t vocab_size, std::span<const int32_t> prompt_tokens);
+
+  /// Host path: picks the next token from one row of logits (sampler::sample) and records it.
+  int32_t sample(std::span<const float> logits);
+  /// Records a token chosen elsewhere (a device sampler, or before a recomputation).
+  void accept(int32_t token);
+
+  /// The settings, seed filled in.
+  const sampling_params& params() const noexcept { return host_.params(); }
+  /// Tokens recorded as generated (in range).
+  int64_t generated_count() const noexcept { return host_.generated_count(); }
+  /// The tokens the penalties touch, sorted by id; empty when no penalty is on.
+  std::span<const sample_token_stat> history() const noexcept { return history_; }
+  /// The settings as device samplers read them for the next draw (RNG step = generated_count()).
+  sample_row_params device_params(int32_t logprobs) const;
+  /// The CPU sampler itself (the processed log-softmax, for tests and tools).
+  const sampler& host() const noexcept { return host_; }
+
+ private:
+  void record_(int32_t token);
+
+  sampler host_;
+  int64_t vocab_;
+  std::vector<sample_token_stat> history_;
+};
+
+/// One row to sample in engine::forward_sample.
+struct sample_request {
+  request_sampler* sampler = nullptr;  ///< the request's state; records the chosen token
+  int32_t logprobs = -1;               ///< -1: none; 0..20: the chosen token's logprob plus that many top ones
+};
+
+/// One sampled row.
+struct sample_outcome {
+  int32_t token = 0;
+  float logprob = 0.0f;                        ///< raw log-softmax of token (vLLM's logprobs); 0 when none asked
+  std::vector<std::pair<int32_t, float>> top;  ///< the top `logprobs` (token, logprob), best first, ties by lower id
 };
 
 /// A paged KV cache on an engine's device: the host-side allocator (pages())
@@ -107,6 +166,21 @@ class engine {
   /// batch order. Errors leave `kv` unchanged.
   virtual errc forward(std::span<const seq_chunk> batch, engine_kv& kv, std::vector<float>& logits,
                        stage_io io = {}) = 0;
+  /// Runs one step as forward() does and samples one token for each entry
+  /// whose logits mode is logits_last (and that has tokens), in batch order,
+  /// with rows[i] for the i-th of them; each row's sampler records its token.
+  /// Only token ids and the asked logprobs come back. The default runs
+  /// forward() and samples each row on the host with its CPU sampler; device
+  /// engines override it to sample next to the logits. Errors: forward()'s;
+  /// errc_invalid_argument (nothing run) when rows do not match the batch, a
+  /// row has no sampler or more than 20 logprobs, or an entry asks for
+  /// logits_all; errc_unsupported when the engine's range has no lm_head.
+  virtual errc forward_sample(std::span<const seq_chunk> batch, engine_kv& kv, std::span<const sample_request> rows,
+                              std::vector<sample_outcome>& out);
+
+ protected:
+  /// forward_sample's checks of rows against batch (errc::ok when they match).
+  errc sample_rows_check(std::span<const seq_chunk> batch, std::span<const sample_request> rows) const;
 };
 
 /// Resolves a device spec: "cpu"; "cuda" or "cuda:N" (-> "cuda:N"); "auto"
