@@ -2,11 +2,13 @@
 // random bf16 weights made in-process: decode tokens/s at batch 1, 8, 64, 256
 // with contexts of 512 and 8K against the roofline ((weight bytes + KV bytes
 // read per step) / device copy bandwidth measured in this run), and prefill
-// TTFT at 1K, 8K and 32K tokens. Decode steps are the engine's own forward
+// TTFT at 1K, 8K, 32K and 128K tokens (prompts longer than --prefill-chunk
+// go through in chunks of that size, as chunked prefill serves them). Decode steps are the engine's own forward
 // calls (CUDA graphs per batch bucket), timed on the host clock around whole
 // steps, with the logits left on the device (as a GPU sampler would take
 // them). Contexts are made by real prefill. Cases whose KV does not fit in the
 // GPU's memory are reported as skipped.
+#include <stdexcept>
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -37,6 +39,7 @@ model_config shape(const std::string& name) {
   c.rope.theta = 500000.0;
   c.rope.factor = name == "8B" ? 8.0 : 32.0;
   c.rope.original_max_position = 8192;
+  if (name != "8B" && name != "1B") throw std::invalid_argument("unknown model shape '" + name + "' (8B or 1B)");
   if (name == "8B") {
     c.hidden_size = 4096, c.intermediate_size = 14336, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 8;
     c.head_dim = 128;
@@ -58,10 +61,16 @@ int main(int argc, char** argv) {
   CLI::App app{"CUDA engine: decode tokens/s against the roofline and prefill TTFT"};
   std::string json_path;
   std::vector<std::string> models = {"8B", "1B"};
+  std::vector<int64_t> ctxs = {512, 8192}, batches = {1, 8, 64, 256}, prompts = {1024, 8192, 32768, 131072};
   int steps = 16;
+  int64_t prefill_chunk = 32768;
   app.add_option("--json", json_path, "write the results as JSON here");
-  app.add_option("--models", models, "shapes to run: 8B, 1B");
-  app.add_option("--steps", steps, "timed decode steps per case");
+  app.add_option("--models", models, "shapes to run: 8B, 1B")->delimiter(',')->check(CLI::IsMember({"8B", "1B"}));
+  app.add_option("--steps", steps, "timed decode steps per case")->check(CLI::Range(1, 100000));
+  app.add_option("--ctx", ctxs, "decode contexts")->delimiter(',')->check(CLI::Range(int64_t{1}, int64_t{131072}));
+  app.add_option("--batch", batches, "decode batch sizes")->delimiter(',')->check(CLI::Range(int64_t{1}, int64_t{256}));
+  app.add_option("--prompts", prompts, "prefill TTFT prompt lengths (0: none)")->delimiter(',')->check(CLI::Range(int64_t{0}, int64_t{131072}));
+  app.add_option("--prefill-chunk", prefill_chunk, "largest prefill step in tokens")->check(CLI::Range(int64_t{256}, int64_t{131072}));
   CLI11_PARSE(app, argc, argv);
   try {
     cudaStream_t s;
@@ -107,13 +116,13 @@ int main(int argc, char** argv) {
                   pages * page * kv_token / 1e9);
       nlohmann::json jm;
       jm["weight_bytes"] = m.weight_bytes();
-      std::vector<int32_t> toks(size_t{1} << 15);
+      std::vector<int32_t> toks(size_t{1} << 17);
       for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<int32_t>((i * 7919 + 13) % cfg.vocab_size);
       std::vector<float> logits;
       std::printf("%-5s %6s %5s %10s %10s %10s %8s\n", "model", "ctx", "batch", "step ms", "tok/s", "roof tok/s",
                   "of roof");
-      for (int64_t ctx : {512, 8192}) {
-        for (int64_t batch : {1, 8, 64, 256}) {
+      for (int64_t ctx : ctxs) {
+        for (int64_t batch : batches) {
           const int64_t need = batch * ((ctx + steps + 8 + page - 1) / page + 1);
           nlohmann::json jc{{"ctx", ctx}, {"batch", batch}};
           if (need > pages) {
@@ -166,13 +175,22 @@ int main(int argc, char** argv) {
         }
       }
       std::printf("%-5s %8s %10s %12s\n", "model", "prompt", "TTFT ms", "prefill tok/s");
-      for (int64_t n : {1024, 8192, 32768}) {
-        if (n / page + 2 > pages) continue;
+      for (int64_t n : prompts) {
+        if (n <= 0) continue;
+        if (n / page + 2 > pages || n > static_cast<int64_t>(toks.size())) {
+          std::printf("%-5s %8lld   skipped: KV does not fit\n", name.c_str(), static_cast<long long>(n));
+          jm["prefill"].push_back({{"tokens", n}, {"skipped", "KV does not fit"}});
+          continue;
+        }
         std::vector<double> ms;
         for (int r = 0; r < (n >= 32768 ? 2 : 3); ++r) {
-          seq_chunk c{1000, std::span<const int32_t>(toks.data(), static_cast<size_t>(n)), logits_mode::logits_last};
           const double a = now_s();
-          if (m.forward({&c, 1}, *kv, logits) != errc::ok) throw std::runtime_error("prefill failed");
+          for (int64_t at = 0; at < n; at += prefill_chunk) {
+            const int64_t len = std::min(prefill_chunk, n - at);
+            seq_chunk c{1000, std::span<const int32_t>(toks.data() + at, static_cast<size_t>(len)),
+                        at + len == n ? logits_mode::logits_last : logits_mode::logits_none};
+            if (m.forward({&c, 1}, *kv, logits) != errc::ok) throw std::runtime_error("prefill failed");
+          }
           m.synchronize();
           ms.push_back((now_s() - a) * 1e3);
           kv->free(1000);
@@ -180,7 +198,8 @@ int main(int argc, char** argv) {
         std::sort(ms.begin(), ms.end());
         const double best = ms.front();  // the first run includes GEMM algorithm selection for new shapes
         std::printf("%-5s %8lld %10.1f %12.0f\n", name.c_str(), static_cast<long long>(n), best, n / (best * 1e-3));
-        jm["prefill"].push_back({{"tokens", n}, {"ttft_ms", best}, {"tokens_per_s", n / (best * 1e-3)}});
+        jm["prefill"].push_back(
+            {{"tokens", n}, {"ttft_ms", best}, {"tokens_per_s", n / (best * 1e-3)}, {"chunk", std::min(n, prefill_chunk)}});
       }
       j["models"][name] = jm;
     }

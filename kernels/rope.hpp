@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/attention.hpp"
 #include "kernels/cuda_stream.hpp"
 
 namespace troupe {
@@ -68,6 +69,14 @@ struct rope_cuda_args {
   const int32_t* pos = nullptr;     ///< n_tokens positions
   const float* inv_freq = nullptr;  ///< head_dim / 2 floats: rope_table::inv_freq, uploaded once
   float attention_scaling = 1.0f;   ///< rope_table::attention_scaling
+  // Optional destinations, so that one launch does what rope + kv_append_cuda
+  // + a copy of the queries into a packed buffer would (three graph nodes per
+  // layer fewer at decode; results bit-identical to that sequence):
+  uint16_t* q_out = nullptr;        ///< rotated queries to [n_tokens][n_q_heads][head_dim] here; q untouched
+  const paged_kv* kv = nullptr;     ///< bf16 cache: rotated keys and the values go to their slots; k untouched
+  const int32_t* slots = nullptr;   ///< with kv: n_tokens slots (page * page_size + offset); < 0 = skip the token
+  const uint16_t* v = nullptr;      ///< with kv: bf16 values, n_k_heads heads per token
+  int64_t v_stride = 0;             ///< with kv: elements between tokens; 0 = n_k_heads * head_dim
 };
 
 /// Rotates q and k of `a` in one launch on stream s. Throws

@@ -47,6 +47,11 @@ class cuda_model : public engine {
   std::unique_ptr<engine_kv> kv_make(int64_t page_size, int64_t n_pages) override;
   errc forward(std::span<const seq_chunk> batch, engine_kv& kv, std::vector<float>& logits,
                stage_io io = {}) override;
+  /// Samples on the GPU right after the logits GEMM (kernels/sample.hpp):
+  /// the full logits never reach the host, only token ids and the asked
+  /// logprobs. Device draws: Philox keyed by (seed, tokens generated so far).
+  errc forward_sample(std::span<const seq_chunk> batch, engine_kv& kv, std::span<const sample_request> rows,
+                      std::vector<sample_outcome>& out) override;
 
   /// Bytes of the weight arena (the one device allocation).
   size_t weight_bytes() const;

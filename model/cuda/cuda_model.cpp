@@ -25,6 +25,8 @@
 #include "kernels/rmsnorm.hpp"
 #include "kernels/rope.hpp"
 #include "kernels/swiglu.hpp"
+#include "kernels/gemv.hpp"
+#include "kernels/sample.hpp"
 #include "model/checkpoint.hpp"
 
 namespace troupe {
@@ -204,6 +206,12 @@ struct cuda_model::impl {
   device_buffer resid, h, qkv, qbuf, attn, oout, gu, act, hn, logits_dev, idx, attn_ws;
   pinned idx_host, out_host;
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs;
+  // GPU sampling (forward_sample): on_logits is set for one forward() call and
+  // enqueues the sampler right after the logits, before the step's wait.
+  std::unique_ptr<sample_context> sampling;
+  std::function<void(cudaStream_t, int64_t rows)> on_logits;
+  std::vector<sample_row_host> sample_rows;
+  std::vector<float> no_logits;
 
   ~impl() {
     drop_graphs();
@@ -287,19 +295,14 @@ struct cuda_model::impl {
       ra.pos = ix + L.pos;
       ra.inv_freq = inv_freq.as<float>();
       ra.attention_scaling = rope.attention_scaling;
-      rope_apply_cuda(ra, s);
+      // One launch: rotated q packed into qbuf, rotated k and v into the pages.
       const paged_kv view = kv.view(static_cast<int64_t>(li));
-      kv_append_args ka;
-      ka.k = qkvp + nq;
-      ka.v = qkvp + nq + nkv;
-      ka.k_stride = W;
-      ka.v_stride = W;
-      ka.slots = ix + L.slots;
-      ka.n_tokens = T;
-      kv_append_cuda(view, ka, s);
-      TROUPE_CUDA_CHECK(cudaMemcpy2DAsync(qbuf.data(), static_cast<size_t>(nq) * 2, qkvp, static_cast<size_t>(W) * 2,
-                                          static_cast<size_t>(nq) * 2, static_cast<size_t>(T), cudaMemcpyDeviceToDevice,
-                                          s));
+      ra.q_out = qbuf.as<uint16_t>();
+      ra.kv = &view;
+      ra.slots = ix + L.slots;
+      ra.v = qkvp + nq + nkv;
+      ra.v_stride = W;
+      rope_apply_cuda(ra, s);
       attention_batch_cuda ab;
       ab.q = qbuf.as<uint16_t>();
       ab.out = attn.as<uint16_t>();
@@ -318,8 +321,16 @@ struct cuda_model::impl {
       else attention_prefill_cuda(ab, view, d.max_q_len, s);
       gemm_bf16(*gemm, attn.as<uint16_t>(), T, nq, w.o_w, hd, w.o_b, oout.as<uint16_t>(), s);
       residual_rmsnorm_cuda(oout.as<uint16_t>(), res, h.as<uint16_t>(), T, hd, w.post_norm, eps, nullptr, s);
-      gemm_bf16(*gemm, h.as<uint16_t>(), T, hd, w.gu_w, 2 * inter, w.gu_b, gu.as<uint16_t>(), s);
-      swiglu_fused_cuda(gu.as<uint16_t>(), T, inter, act.as<uint16_t>(), s);
+      if (T <= gemv_max_m && gemm->path() != gemm_path::gemm_path_cublaslt &&
+          gemv_supported(h.data(), T, hd, w.gu_w, 2 * inter)) {
+        // Few rows: gate|up GEMV with SwiGLU in its epilogue (no [T][2*inter] round trip).
+        gemv_options o;
+        o.pdl = true;  // weights are static: the previous kernel never writes them
+        gemv_swiglu_bf16(h.as<uint16_t>(), T, hd, w.gu_w, inter, w.gu_b, act.as<uint16_t>(), s, o);
+      } else {
+        gemm_bf16(*gemm, h.as<uint16_t>(), T, hd, w.gu_w, 2 * inter, w.gu_b, gu.as<uint16_t>(), s);
+        swiglu_fused_cuda(gu.as<uint16_t>(), T, inter, act.as<uint16_t>(), s);
+      }
       gemm_bf16(*gemm, act.as<uint16_t>(), T, inter, w.down_w, hd, w.down_b, oout.as<uint16_t>(), s);
       pending = oout.as<uint16_t>();
     }
@@ -353,7 +364,9 @@ cuda_model::cuda_model(model_config cfg, layer_range range, int device, const we
   TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&m.n_sms, cudaDevAttrMultiProcessorCount, device));
   TROUPE_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<gemm_context>();
+  m.gemm->set_pdl(true);  // decode GEMVs load their first weights while the previous kernel drains
   m.gemm32 = std::make_unique<gemm_f32_context>();
+  m.gemm32->set_pdl(true);
   m.rope = rope_inv_freq(m.cfg.rope, m.cfg.head_dim, m.cfg.max_position_embeddings);
   m.inv_freq = device_buffer(m.rope.inv_freq.size() * 4);
   m.inv_freq.upload(m.rope.inv_freq.data(), m.rope.inv_freq.size() * 4);
@@ -563,7 +576,7 @@ errc cuda_model::forward(std::span<const seq_chunk> batch, engine_kv& kvb, std::
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(m.resid.data(), io.hidden_in, static_cast<size_t>(total * hd) * 4,
                                         cudaMemcpyHostToDevice, m.stream));
     if (graph) {
-      const auto key = std::make_pair(d.seqs, d.stride);
+      const auto key = std::make_pair(d.seqs, m.host_logits ? d.stride : -d.stride);  // with / without the logits download
       auto it = m.graphs.find(key);
       if (it == m.graphs.end()) {
         m.enqueue(d, kv);  // eager first: picks and caches every GEMM algorithm outside the capture
@@ -591,6 +604,7 @@ errc cuda_model::forward(std::span<const seq_chunk> batch, engine_kv& kvb, std::
     } else {
       m.enqueue(d, kv);
     }
+    if (m.on_logits && m.last && n_rows > 0) m.on_logits(m.stream, n_rows);  // device sampling (forward_sample)
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(m.stream));
     if (!m.last) {
       logits.clear();
@@ -598,6 +612,10 @@ errc cuda_model::forward(std::span<const seq_chunk> batch, engine_kv& kvb, std::
         io.hidden_out->resize(static_cast<size_t>(total * hd));
         std::memcpy(io.hidden_out->data(), m.out_host.p, static_cast<size_t>(total * hd) * 4);
       }
+      return errc::ok;
+    }
+    if (m.on_logits) {  // sampled on the device: no host logits
+      logits.clear();
       return errc::ok;
     }
     logits.resize(static_cast<size_t>(n_rows * cfg.vocab_size));
@@ -608,6 +626,58 @@ errc cuda_model::forward(std::span<const seq_chunk> batch, engine_kv& kvb, std::
     rollback(batch.size());
     throw;
   }
+}
+
+// GPU sampling: the step runs as forward() does, without the logits download;
+// the sampler is enqueued right after the logits GEMM (forward's on_logits
+// hook) and only token ids and the asked logprobs come back with the wait
+// forward already does.
+errc cuda_model::forward_sample(std::span<const seq_chunk> batch, engine_kv& kv, std::span<const sample_request> rows,
+                                std::vector<sample_outcome>& out) {
+  impl& m = *impl_;
+  if (errc e = sample_rows_check(batch, rows); e != errc::ok) return e;
+  if (rows.empty()) {
+    out.clear();
+    return forward(batch, kv, m.no_logits);
+  }
+  m.sample_rows.resize(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::span<const sample_token_stat> h = rows[i].sampler->history();
+    m.sample_rows[i] = {rows[i].sampler->device_params(rows[i].logprobs), h.data(), h.size()};
+  }
+  if (!m.sampling) m.sampling = std::make_unique<sample_context>();
+  bool enqueued = false;
+  const bool host_logits = m.host_logits;
+  struct restore {
+    impl& m;
+    bool host_logits;
+    ~restore() {
+      m.host_logits = host_logits;
+      m.on_logits = nullptr;
+    }
+  } guard{m, host_logits};
+  m.host_logits = false;
+  m.on_logits = [&](cudaStream_t s, int64_t n_rows) {
+    if (static_cast<size_t>(n_rows) != m.sample_rows.size())
+      throw error(errc::errc_invalid_argument, "cuda model: " + std::to_string(n_rows) + " logits rows for " +
+                                                   std::to_string(m.sample_rows.size()) + " sampled rows");
+    m.sampling->enqueue(m.logits_dev.as<float>(), m.cfg.vocab_size, m.sample_rows.data(), m.sample_rows.size(), s);
+    enqueued = true;
+  };
+  if (errc e = forward(batch, kv, m.no_logits); e != errc::ok) return e;
+  if (!enqueued) throw error(errc::errc_cuda, "cuda model: the step produced no logits to sample");
+  out.resize(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const sample_row_result r = m.sampling->result(i);
+    sample_outcome& o = out[i];
+    o.token = r.token;
+    o.logprob = rows[i].logprobs >= 0 ? r.logprob : 0.0f;
+    o.top.clear();
+    for (int k = 0; k < std::min<int>(r.n_top, std::max<int32_t>(rows[i].logprobs, 0)); ++k)
+      o.top.emplace_back(r.top_ids[k], r.top_logprobs[k]);
+    rows[i].sampler->accept(r.token);
+  }
+  return errc::ok;
 }
 
 }  // namespace troupe

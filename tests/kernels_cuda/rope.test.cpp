@@ -14,6 +14,7 @@
 
 #include "config/errors.hpp"
 #include "kernels/device_buffer.hpp"
+#include "kernels/kv_copy.hpp"
 #include "tests/kernels/reference.hpp"
 
 using namespace troupe;
@@ -155,4 +156,94 @@ TEST_CASE("rope_apply_cuda matches the CPU rope_apply (q and k in one launch, pa
   bad.n_q_heads = 1;
   bad.head_dim = 7;
   CHECK_THROWS_AS(rope_apply_cuda(bad, nullptr), troupe::error);
+}
+
+// The fused destinations (rotated q to a packed buffer, rotated k and v to
+// their cache slots) against the unfused sequence rope in place ->
+// kv_append_cuda -> copy of q: bit-identical, skipped slots untouched, the
+// QKV source unchanged.
+TEST_CASE("rope_apply_cuda with q_out and a KV destination equals rope + kv_append + copy") {
+  for (const int64_t hd : {int64_t{128}, int64_t{64}, int64_t{10}}) {
+    CAPTURE(hd);
+    const int64_t tokens = 7, nq = 4, nk = 2, page = 4, n_pages = 6;
+    const int64_t qn = nq * hd, kn = nk * hd, row = qn + 2 * kn;
+    rope_scaling sc;
+    sc.type = rope_type::rope_llama3;
+    sc.theta = 500000.0;
+    sc.factor = 8.0;
+    sc.original_max_position = 8192;
+    const rope_table table = rope_inv_freq(sc, hd, 131072);
+    std::vector<float> f = troupe_test::random_floats(static_cast<size_t>(tokens * row), 11 + hd);
+    const std::vector<uint16_t> qkv = to_bf16(f);
+    const std::vector<int32_t> pos = {0, 5, 6, 99, 1000, 4097, 70000};
+    const std::vector<int32_t> slots = {3, 9, -1, 10, 0, 22, 17};  // -1: padding, skipped
+    const size_t row_bytes = static_cast<size_t>(kn) * 2, page_stride = 2 * page * row_bytes + 64;
+    std::vector<uint16_t> pages_init(n_pages * page_stride / 2);
+    for (size_t i = 0; i < pages_init.size(); ++i) pages_init[i] = static_cast<uint16_t>(i * 2654435761u >> 16);
+    device_buffer dpos(pos.size() * 4), dslots(slots.size() * 4), dinv(table.inv_freq.size() * 4);
+    dpos.upload(pos.data(), pos.size() * 4);
+    dslots.upload(slots.data(), slots.size() * 4);
+    dinv.upload(table.inv_freq.data(), table.inv_freq.size() * 4);
+    auto view_of = [&](device_buffer& d) {
+      paged_kv v;
+      v.type = dtype::dtype_bf16;
+      v.base = static_cast<const std::byte*>(d.data());
+      v.page_stride = page_stride;
+      v.k_offset = 64;
+      v.v_offset = 64 + page * row_bytes;
+      v.page_size = page;
+      v.n_kv_heads = nk;
+      v.head_dim = hd;
+      return v;
+    };
+    auto args = [&](device_buffer& src) {
+      rope_cuda_args a;
+      a.q = src.as<uint16_t>();
+      a.q_stride = row;
+      a.k = src.as<uint16_t>() + qn;
+      a.k_stride = row;
+      a.n_q_heads = nq;
+      a.n_k_heads = nk;
+      a.n_tokens = tokens;
+      a.head_dim = hd;
+      a.pos = dpos.as<int32_t>();
+      a.inv_freq = dinv.as<float>();
+      a.attention_scaling = table.attention_scaling;
+      return a;
+    };
+    // unfused
+    device_buffer src1 = upload(qkv), pages1 = upload(pages_init), qbuf1(static_cast<size_t>(tokens * qn) * 2);
+    rope_apply_cuda(args(src1), nullptr);
+    kv_append_args ka;
+    ka.k = src1.as<uint16_t>() + qn;
+    ka.v = src1.as<uint16_t>() + qn + kn;
+    ka.k_stride = row;
+    ka.v_stride = row;
+    ka.slots = dslots.as<int32_t>();
+    ka.n_tokens = tokens;
+    kv_append_cuda(view_of(pages1), ka, nullptr);
+    const auto rotated = download(src1, qkv.size());
+    std::vector<uint16_t> q_ref(static_cast<size_t>(tokens * qn));
+    for (int64_t t = 0; t < tokens; ++t) std::copy_n(rotated.begin() + t * row, qn, q_ref.begin() + t * qn);
+    // fused
+    device_buffer src2 = upload(qkv), pages2 = upload(pages_init), qbuf2(q_ref.size() * 2);
+    qbuf2.fill(0xff);
+    const paged_kv view2 = view_of(pages2);
+    rope_cuda_args a = args(src2);
+    a.q_out = qbuf2.as<uint16_t>();
+    a.kv = &view2;
+    a.slots = dslots.as<int32_t>();
+    a.v = src2.as<uint16_t>() + qn + kn;
+    a.v_stride = row;
+    rope_apply_cuda(a, nullptr);
+    cuda_sync(nullptr);
+    CHECK(download(qbuf2, q_ref.size()) == q_ref);
+    CHECK(download(pages2, pages_init.size()) == download(pages1, pages_init.size()));
+    CHECK(download(src2, qkv.size()) == qkv);
+    // a KV destination that does not match the keys is refused
+    paged_kv wrong = view2;
+    wrong.n_kv_heads = nk + 1;
+    a.kv = &wrong;
+    CHECK_THROWS_AS(rope_apply_cuda(a, nullptr), troupe::error);
+  }
 }
