@@ -31,6 +31,7 @@
 #include "config/errors.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace troupe {
 
@@ -97,6 +98,7 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float (&f)[8]) {
 
 template <int D, int GT, int U>
 __global__ void __launch_bounds__(decode_threads, GT >= 8 ? decode_blocks_per_sm / 2 : decode_blocks_per_sm) attention_decode_split_kernel(const decode_params p) {
+  pdl_wait();
   constexpr int LPK = D / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;  // keys per warp step
   constexpr int KPI = KPW * U;   // keys per warp iteration
@@ -283,6 +285,7 @@ constexpr int combine_threads = 512;
 
 template <int D>
 __global__ void __launch_bounds__(combine_threads) attention_decode_combine_kernel(const decode_params p) {
+  pdl_wait();
   constexpr int J = combine_threads / D;  // split groups
   constexpr int W = combine_threads / 32;
   __shared__ float sm_w[decode_max_splits];
@@ -350,11 +353,9 @@ void launch_decode(const decode_params& p, int n_kv_heads, int n_seqs, cuda_stre
   constexpr int U = 4;  // <= 128 registers (4 blocks per SM) up to GT = 4; GT = 8 needs ~250
   const dim3 grid(static_cast<unsigned>(p.max_splits), static_cast<unsigned>(n_kv_heads * p.group_chunks),
                   static_cast<unsigned>(n_seqs));
-  attention_decode_split_kernel<D, GT, U><<<grid, decode_threads, 0, s>>>(p);
-  TROUPE_CUDA_LAUNCH_CHECK("attention_decode_split_kernel");
-  attention_decode_combine_kernel<D>
-      <<<dim3(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(n_seqs)), combine_threads, 0, s>>>(p);
-  TROUPE_CUDA_LAUNCH_CHECK("attention_decode_combine_kernel");
+  launch_pdl("attention_decode_split_kernel", attention_decode_split_kernel<D, GT, U>, grid, dim3(decode_threads), 0, s, p);
+  launch_pdl("attention_decode_combine_kernel", attention_decode_combine_kernel<D>,
+             dim3(static_cast<unsigned>(p.n_heads), static_cast<unsigned>(n_seqs)), dim3(combine_threads), 0, s, p);
 }
 
 template <int D>

@@ -12,6 +12,7 @@
 
 #include "config/errors.hpp"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/residual_norm.hpp"
 
 namespace troupe {
@@ -40,6 +41,7 @@ __device__ float block_sum(float v, float* shared) {
 __global__ void residual_rmsnorm_kernel(const bf16* __restrict__ x, float* __restrict__ residual, bf16* __restrict__ y,
                                         int64_t dim, const bf16* __restrict__ w, float eps,
                                         const int32_t* __restrict__ row_index) {
+  pdl_wait();
   __shared__ float red[32];
   const int64_t i = blockIdx.x;
   const int64_t r = row_index ? row_index[i] : i;
@@ -65,6 +67,7 @@ template <int VPT>
 __global__ void residual_rmsnorm_vec_kernel(const bf16* __restrict__ x, float* __restrict__ residual,
                                             bf16* __restrict__ y, int64_t dim, const bf16* __restrict__ w, float eps,
                                             const int32_t* __restrict__ row_index) {
+  pdl_wait();
   __shared__ float red[32];
   const int64_t i = blockIdx.x;
   const int64_t r = row_index ? row_index[i] : i;
@@ -113,7 +116,8 @@ __global__ void residual_rmsnorm_vec_kernel(const bf16* __restrict__ x, float* _
 template <int VPT>
 void launch_vec(unsigned rows, cudaStream_t s, const bf16* x, float* residual, bf16* y, int64_t dim, const bf16* w,
                 float eps, const int32_t* row_index) {
-  residual_rmsnorm_vec_kernel<VPT><<<rows, kThreads, 0, s>>>(x, residual, y, dim, w, eps, row_index);
+  launch_pdl("residual_rmsnorm_vec_kernel", residual_rmsnorm_vec_kernel<VPT>, dim3(rows), dim3(kThreads), 0, s, x, residual, y, dim, w,
+             eps, row_index);
 }
 
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
@@ -121,6 +125,7 @@ bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % 
 // One warp per (token, head) row.
 __global__ void head_rmsnorm_kernel(bf16* __restrict__ x, int64_t n_rows, int64_t n_heads, int64_t head_dim,
                                     int64_t token_stride, const bf16* __restrict__ w, float eps) {
+  pdl_wait();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= n_rows) return;
   const int lane = threadIdx.x % 32;
@@ -162,13 +167,11 @@ void residual_rmsnorm_cuda(const uint16_t* x, float* residual, uint16_t* y, int6
     else if (per_thread <= 4) launch_vec<4>(n, s, xb, residual, yb, dim, wb, eps, row_index);
     else if (per_thread <= 8) launch_vec<8>(n, s, xb, residual, yb, dim, wb, eps, row_index);
     else launch_vec<16>(n, s, xb, residual, yb, dim, wb, eps, row_index);
-    TROUPE_CUDA_LAUNCH_CHECK("residual_rmsnorm_vec_kernel");
     return;
   }
-  residual_rmsnorm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(
-      reinterpret_cast<const bf16*>(x), residual, reinterpret_cast<bf16*>(y), dim, reinterpret_cast<const bf16*>(w), eps,
-      row_index);
-  TROUPE_CUDA_LAUNCH_CHECK("residual_rmsnorm_kernel");
+  launch_pdl("residual_rmsnorm_kernel", residual_rmsnorm_kernel, dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, s,
+             reinterpret_cast<const bf16*>(x), residual, reinterpret_cast<bf16*>(y), dim,
+             reinterpret_cast<const bf16*>(w), eps, row_index);
 }
 
 void head_rmsnorm_cuda(uint16_t* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t token_stride,
@@ -179,9 +182,9 @@ void head_rmsnorm_cuda(uint16_t* x, int64_t n_tokens, int64_t n_heads, int64_t h
   const int64_t rows = n_tokens * n_heads;
   if (rows == 0) return;
   const int warps = 8;
-  head_rmsnorm_kernel<<<static_cast<unsigned>((rows + warps - 1) / warps), warps * 32, 0, s>>>(
-      reinterpret_cast<bf16*>(x), rows, n_heads, head_dim, token_stride, reinterpret_cast<const bf16*>(w), eps);
-  TROUPE_CUDA_LAUNCH_CHECK("head_rmsnorm_kernel");
+  launch_pdl("head_rmsnorm_kernel", head_rmsnorm_kernel, dim3(static_cast<unsigned>((rows + warps - 1) / warps)),
+             dim3(warps * 32), 0, s, reinterpret_cast<bf16*>(x), rows, n_heads, head_dim, token_stride,
+             reinterpret_cast<const bf16*>(w), eps);
 }
 
 void embedding_f32_cuda(const int32_t* ids, int64_t n, const uint16_t* table, int64_t dim, float* out, cuda_stream s) {

@@ -16,6 +16,7 @@
 
 #include "config/errors.hpp"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/rope.hpp"
 
 namespace troupe {
@@ -69,6 +70,7 @@ template <int VEC>
 __global__ void rope_kernel(bf16* q, int nq, int64_t q_stride, bf16* k, int nk, int64_t k_stride, int64_t n_tokens,
                             int head_dim, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
                             float scale, rope_dst dst) {
+  pdl_wait();
   __shared__ float cs[512];
   __shared__ float sn[512];
   const int half = head_dim / 2;
@@ -180,12 +182,11 @@ void rope_apply_cuda(const rope_cuda_args& a, cuda_stream s) {
   auto* k = reinterpret_cast<bf16*>(a.k);
   const int nq = static_cast<int>(a.n_q_heads), nk = static_cast<int>(a.n_k_heads);
   if (align % 16 == 0)
-    rope_kernel<8><<<blocks, kThreads, 0, s>>>(q, nq, qs, k, nk, ks, a.n_tokens, static_cast<int>(a.head_dim), a.pos,
-                                                a.inv_freq, a.attention_scaling, dst);
+    launch_pdl("rope_kernel", rope_kernel<8>, dim3(blocks), dim3(kThreads), 0, s, q, nq, qs, k, nk, ks, a.n_tokens,
+               static_cast<int>(a.head_dim), a.pos, a.inv_freq, a.attention_scaling, dst);
   else
-    rope_kernel<1><<<blocks, kThreads, 0, s>>>(q, nq, qs, k, nk, ks, a.n_tokens, static_cast<int>(a.head_dim), a.pos,
-                                                a.inv_freq, a.attention_scaling, dst);
-  TROUPE_CUDA_LAUNCH_CHECK("rope_kernel");
+    launch_pdl("rope_kernel", rope_kernel<1>, dim3(blocks), dim3(kThreads), 0, s, q, nq, qs, k, nk, ks, a.n_tokens,
+               static_cast<int>(a.head_dim), a.pos, a.inv_freq, a.attention_scaling, dst);
 }
 
 }  // namespace troupe
