@@ -19,7 +19,7 @@ struct vector_stream {
   void write(const char* p, size_t n) { out->insert(out->end(), p, p + n); }
 };
 
-caf::error fail(const std::string& what) { return caf::make_error(caf::sec::invalid_argument, what); }
+caf::error make_fail(const std::string& what) { return caf::make_error(caf::sec::invalid_argument, what); }
 
 msgpack::unpack_limit limit_of(const wire_limits& l) {
   const auto n = static_cast<std::size_t>(l.max_elements), s = static_cast<std::size_t>(l.max_string_bytes);
@@ -31,6 +31,13 @@ msgpack::unpack_limit limit_of(const wire_limits& l) {
 // ---- writer ----
 
 wire_writer::wire_writer() : caf::serializer(static_cast<caf::execution_unit*>(nullptr)) {}
+
+wire_writer::wire_writer(caf::execution_unit* context) : caf::serializer(context) {}
+
+caf::error wire_writer::fail(const std::string& what) {
+  if (failure_.empty()) failure_ = what;
+  return make_fail(what);
+}
 
 template <class T>
 caf::error wire_writer::put(const T& v) {
@@ -74,8 +81,17 @@ caf::error wire_writer::apply_impl(std::u32string&) { return fail("u32string is 
 wire_reader::wire_reader(const char* data, size_t size, wire_limits limits)
     : caf::deserializer(static_cast<caf::execution_unit*>(nullptr)), data_(data), size_(size), limits_(limits) {}
 
+wire_reader::wire_reader(const char* data, size_t size, wire_limits limits, caf::execution_unit* context)
+    : caf::deserializer(context), data_(data), size_(size), limits_(limits) {}
+
+caf::error wire_reader::fail(const std::string& what) {
+  if (failure_.empty()) failure_ = what;
+  return make_fail(failure_);
+}
+
 template <class T>
 caf::error wire_reader::get(T& v, const char* what) {
+  if (!failure_.empty()) return make_fail(failure_);
   if (offset_ >= size_) return fail(std::string("truncated payload: expected ") + what);
   try {
     msgpack::object_handle h = msgpack::unpack(data_, size_, offset_, nullptr, nullptr, limit_of(limits_));
@@ -89,11 +105,18 @@ caf::error wire_reader::get(T& v, const char* what) {
 }
 
 caf::error wire_reader::begin_object(uint16_t& typenr, std::string& name) {
+  if (!failure_.empty()) return make_fail(failure_);
+  if (++depth_ > limits_.max_depth)
+    return fail("objects nested deeper than " + std::to_string(limits_.max_depth) + " levels");
   if (auto e = get(typenr, "a type number")) return e;
   return typenr == 0 ? get(name, "a type name") : caf::none;
 }
-caf::error wire_reader::end_object() { return caf::none; }
+caf::error wire_reader::end_object() {
+  if (depth_ > 0) --depth_;
+  return caf::none;
+}
 caf::error wire_reader::begin_sequence(size_t& num) {
+  num = 0;
   uint64_t n = 0;
   if (auto e = get(n, "a sequence length")) return e;
   // Every element takes at least one byte: a longer claim is hostile or truncated.

@@ -8,8 +8,23 @@
 //
 // Decoding is bounded: the envelope and every value are unpacked with
 // msgpack::unpack_limit, a sequence may not claim more elements than bytes
-// remain, and every failure is an error naming what was wrong (never an
-// exception or an allocation driven by a hostile length).
+// remain, objects (a caf::message inside a message …) nest at most
+// max_depth deep, and every failure is an error naming what was wrong (never
+// an exception, an allocation driven by a hostile length, or a recursion
+// driven by hostile nesting).
+//
+// CAF 0.17.6 loses errors of a caf::message (and of any type_erased_tuple)
+// read or written through a generic (de)serializer: its serialize() overload
+// for type_erased_tuple, which data_processor prefers to inspect(), drops the
+// result. So both classes remember their first failure (failure()): a
+// message nested in an error or a struct that fails to read still fails the
+// whole payload, and a top-level message should be written and read with
+// message::save / message::load, which do return the error.
+//
+// Actor handles: CAF writes an actor handle as (actor id, node id) and reads
+// it back through the execution unit the serializer was made with (its
+// actor system and proxy registry). The remote-actor layer (node_system.hpp)
+// passes its own unit; without one, handles cannot be written or read.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +46,7 @@ struct wire_limits {
   size_t max_envelope_bytes = 64u << 20;  ///< whole envelope
   size_t max_string_bytes = 16u << 20;    ///< one string or bin value
   size_t max_elements = 1u << 24;         ///< one array or map
+  size_t max_depth = 16;                  ///< objects nested in objects (caf::message inside caf::message …)
 };
 
 /// One control message on the wire.
@@ -53,8 +69,13 @@ errc wire_decode(const char* data, size_t size, const wire_limits& limits, wire_
 class wire_writer final : public caf::serializer {
  public:
   wire_writer();
+  /// A writer that can write actor handles and caf::message: `context` names
+  /// the actor system (registered type names) and its proxy registry.
+  explicit wire_writer(caf::execution_unit* context);
   /// The bytes written so far.
   const std::vector<char>& bytes() const { return buf_; }
+  /// The first error while writing, even one CAF did not pass on (empty: none).
+  const std::string& failure() const { return failure_; }
 
   caf::error begin_object(uint16_t& typenr, std::string& name) override;
   caf::error end_object() override;
@@ -81,15 +102,23 @@ class wire_writer final : public caf::serializer {
  private:
   template <class T>
   caf::error put(const T& v);
+  caf::error fail(const std::string& what);
   std::vector<char> buf_;
+  std::string failure_;
 };
 
 /// A caf::deserializer reading what wire_writer wrote, within wire_limits.
 class wire_reader final : public caf::deserializer {
  public:
   wire_reader(const char* data, size_t size, wire_limits limits = {});
+  /// A reader that can read actor handles (as proxies for remote ones) and
+  /// caf::message: `context` names the actor system and its proxy registry.
+  wire_reader(const char* data, size_t size, wire_limits limits, caf::execution_unit* context);
   /// True when every byte was consumed (a payload with trailing bytes is malformed).
   bool at_end() const { return offset_ == size_; }
+  /// The first error while reading, even one CAF did not pass on (empty:
+  /// none); once set, every further read fails with it.
+  const std::string& failure() const { return failure_; }
 
   caf::error begin_object(uint16_t& typenr, std::string& name) override;
   caf::error end_object() override;
@@ -116,10 +145,13 @@ class wire_reader final : public caf::deserializer {
  private:
   template <class T>
   caf::error get(T& v, const char* what);
+  caf::error fail(const std::string& what);
   const char* data_;
   size_t size_;
   size_t offset_ = 0;
+  size_t depth_ = 0;
   wire_limits limits_;
+  std::string failure_;
 };
 
 /// Writes `x` through its inspect().
@@ -127,6 +159,7 @@ template <class T>
 std::vector<char> wire_pack(T& x) {
   wire_writer w;
   if (auto err = w(x)) throw error(errc::errc_invalid_argument, "wire_pack: " + caf::to_string(err));
+  if (!w.failure().empty()) throw error(errc::errc_invalid_argument, "wire_pack: " + w.failure());
   return w.bytes();
 }
 
@@ -137,6 +170,10 @@ errc wire_unpack(const std::vector<char>& bytes, T& x, std::string* why, wire_li
   wire_reader r(bytes.data(), bytes.size(), limits);
   if (auto err = r(x)) {
     if (why != nullptr) *why = caf::to_string(err);
+    return errc::errc_invalid_argument;
+  }
+  if (!r.failure().empty()) {
+    if (why != nullptr) *why = r.failure();
     return errc::errc_invalid_argument;
   }
   if (!r.at_end()) {
