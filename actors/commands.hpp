@@ -29,6 +29,10 @@ command command_detokenize(CLI::App& app);
 command command_serve(CLI::App& app);
 /// `troupe devices`: the CPU and CUDA devices.
 command command_devices(CLI::App& app);
+/// `troupe node`: one node of a cluster config (its links, gateway and instances).
+command command_node(CLI::App& app);
+/// `troupe launch`: every node of a cluster config on this host, as child processes.
+command command_launch(CLI::App& app);
 
 /// The embedded demo model: models/demo next to the executable's source
 /// tree (build/troupe -> models/demo) or of the source checkout it was built from.

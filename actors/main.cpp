@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
       troupe::command_detokenize(app),
       troupe::command_bench(app),
       troupe::command_devices(app),
+      troupe::command_node(app),
+      troupe::command_launch(app),
   };
   CLI11_PARSE(app, argc, argv);
   try {

@@ -1,8 +1,12 @@
 // Strict TOML reading with toml++: every table is checked for unknown keys,
 // every value for its type and range, and every error carries the source
-// position toml++ recorded for the offending node.
+// position toml++ recorded for the offending node. Checks that span tables
+// (node references, clashing addresses and ports, the secret a multi-node
+// cluster needs) run once all nodes are read and point at the key whose
+// value is at fault.
 #include "config/cluster_config.hpp"
 
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -96,6 +100,34 @@ bool device_ok(const std::string& d) {
   return d.size() <= 8;
 }
 
+// Node names appear on command lines, in log prefixes, systemd instance
+// names, namespace and pod names: keep them to a portable alphabet.
+bool node_name_ok(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (const char ch : n)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.') return false;
+  return true;
+}
+
+bool wildcard_host(const std::string& h) { return h == "0.0.0.0" || h == "::" || h == "*" || h == "[::]"; }
+
+// Whether a stage on `device` fits a node that declares `devices` (none: anything).
+bool device_declared(const std::vector<std::string>& devices, const std::string& device) {
+  if (devices.empty() || device == "auto") return true;
+  for (const std::string& d : devices) {
+    if (d == device) return true;
+    if (device == "cuda" && d.rfind("cuda", 0) == 0) return true;
+    if (d == "cuda" && device.rfind("cuda:", 0) == 0) return true;
+  }
+  return false;
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& x : v) out += (out.empty() ? "" : ", ") + x;
+  return out;
+}
+
 std::filesystem::path resolve(const std::filesystem::path& base, const std::string& p) {
   if (p.empty()) return {};
   const std::filesystem::path x(p);
@@ -112,6 +144,67 @@ void read_tunables(const reader& r, const toml::table& t, const std::string& pat
   }
 }
 
+// The secret: inline, or the trimmed contents of a file (a Kubernetes
+// Secret or a root-only file next to a config that may be world-readable).
+std::string read_secret(const reader& r, const toml::table& root, const std::filesystem::path& base_dir) {
+  const toml::node* file_node = root.get("secret_file");
+  if (file_node == nullptr) return r.str(root, "", "secret", "");
+  if (root.get("secret") != nullptr) r.fail(file_node->source(), "secret_file", "set either secret or secret_file");
+  const std::filesystem::path file = resolve(base_dir, r.str(root, "", "secret_file", ""));
+  std::ifstream in(file, std::ios::binary);
+  if (file.empty() || !in) r.fail(file_node->source(), "secret_file", "cannot read '" + file.string() + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string secret = ss.str();
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.pop_back();
+  if (secret.empty()) r.fail(file_node->source(), "secret_file", "'" + file.string() + "' is empty");
+  return secret;
+}
+
+void read_links(const reader& r, const toml::table& root, link_tunables& out) {
+  const toml::table* t = r.table(root, "", "links");
+  if (t == nullptr) return;
+  for (const auto& [k, v] : *t) {
+    tunable* hit = nullptr;
+    for (tunable* x : out.all())
+      if (k.str() == x->name) hit = x;
+    if (hit == nullptr) r.fail(v.source(), "links." + std::string(k.str()), "unknown key");
+    hit->value = r.integer(*t, "links.", hit->name, hit->value, hit->min, hit->max);
+  }
+  if (out.heartbeat_timeout_ms.value < 2 * out.heartbeat_interval_ms.value) {
+    const toml::node* at = t->get(out.heartbeat_timeout_ms.name);
+    r.fail(at ? at->source() : t->source(), "links.heartbeat-timeout-ms",
+           "must be at least twice heartbeat-interval-ms (" + std::to_string(out.heartbeat_interval_ms.value) +
+               "), got " + std::to_string(out.heartbeat_timeout_ms.value));
+  }
+}
+
+// Checks that only make sense once every node is known: a node others
+// connect to needs an address they can reach and a port fixed in advance,
+// and no two nodes may claim the same one.
+void check_nodes(const reader& r, const std::vector<node_config>& nodes, const std::vector<const toml::table*>& where) {
+  const size_t n = nodes.size();
+  for (size_t i = 0; i < n; ++i) {
+    const node_config& nc = nodes[i];
+    const toml::table& t = *where[i];
+    auto at = [&](const char* key) { return t.get(key) ? t.get(key)->source() : t.source(); };
+    if (n > 1 && nc.port == 0)
+      r.fail(at("port"), "nodes.port",
+             "node '" + nc.name + "' needs a fixed port: the other nodes of a " + std::to_string(n) +
+                 "-node cluster connect to it (0, any free port, only works for a one-node cluster)");
+    if (n > 1 && wildcard_host(nc.address))
+      r.fail(at("address"), "nodes.address",
+             "node '" + nc.name + "': '" + nc.address +
+                 "' is where the other nodes connect, so it must name this node (bind = \"" + nc.address +
+                 "\" listens on every interface)");
+    for (size_t j = 0; j < i; ++j)
+      if (nc.port != 0 && nodes[j].port == nc.port && nodes[j].address == nc.address)
+        r.fail(at("port"), "nodes.port",
+               "node '" + nc.name + "' has the address and port of node '" + nodes[j].name + "' (" + nc.address +
+                   ":" + std::to_string(nc.port) + ")");
+  }
+}
+
 }  // namespace
 
 cluster_config cluster_config_parse(const std::string& text, const std::string& origin,
@@ -124,33 +217,50 @@ cluster_config cluster_config_parse(const std::string& text, const std::string& 
     r.fail(e.source(), "(syntax)", std::string(e.description()));
   }
   cluster_config c;
-  r.only(root, "", {"secret", "nodes", "gateway", "instances"});
-  c.secret = r.str(root, "", "secret", "");
+  r.only(root, "", {"secret", "secret_file", "nodes", "gateway", "instances", "links"});
+  c.secret = read_secret(r, root, base_dir);
+  read_links(r, root, c.links);
 
   std::set<std::string> node_names;
+  std::vector<const toml::table*> node_tables;
   if (const toml::array* nodes = r.tables(root, "", "nodes")) {
     for (const toml::node& n : *nodes) {
       const toml::table& t = *n.as_table();
-      r.only(t, "nodes.", {"name", "address", "port", "devices"});
+      r.only(t, "nodes.", {"name", "address", "bind", "port", "devices"});
       node_config nc;
       nc.name = r.str(t, "nodes.", "name", "", true);
-      if (!node_names.insert(nc.name).second) r.fail(t.source(), "nodes.name", "duplicate node '" + nc.name + "'");
+      if (!node_name_ok(nc.name))
+        r.fail(t.get("name")->source(), "nodes.name",
+               "'" + nc.name + "' must be 1 to 64 letters, digits, '-', '_' or '.'");
+      if (!node_names.insert(nc.name).second)
+        r.fail(t.get("name")->source(), "nodes.name", "duplicate node '" + nc.name + "'");
       nc.address = r.str(t, "nodes.", "address", nc.address);
-      if (nc.address.empty()) r.fail(t.source(), "nodes.address", "must not be empty");
+      if (nc.address.empty()) r.fail(t.get("address")->source(), "nodes.address", "must not be empty");
+      nc.bind = r.str(t, "nodes.", "bind", "");
+      if (t.get("bind") != nullptr && nc.bind.empty()) r.fail(t.get("bind")->source(), "nodes.bind", "must not be empty");
       nc.port = static_cast<uint16_t>(r.integer(t, "nodes.", "port", 0, 0, 65535));
       nc.devices = r.strings(t, "nodes.", "devices");
       for (const std::string& d : nc.devices)
         if (!device_ok(d) || d == "auto") r.fail(t.get("devices")->source(), "nodes.devices", "unknown device '" + d + "'");
       c.nodes.push_back(std::move(nc));
+      node_tables.push_back(&t);
     }
   }
   if (c.nodes.empty()) r.fail(root.source(), "nodes", "at least one [[nodes]] table is required");
-  if (c.nodes.size() > 1 && c.secret.empty())
-    r.fail(root.source(), "secret", "a cluster of " + std::to_string(c.nodes.size()) + " nodes needs a secret");
+  if (c.nodes.size() > 1 && c.secret.empty()) {
+    const toml::node* at = root.get("secret");
+    r.fail(at ? at->source() : root.source(), "secret",
+           "a cluster of " + std::to_string(c.nodes.size()) + " nodes needs a secret (or secret_file)");
+  }
+  check_nodes(r, c.nodes, node_tables);
   // A reference to a node: required unless there is only one.
   auto node_ref = [&](const toml::table& t, const std::string& path) {
     std::string name = r.str(t, path, "node", c.nodes.size() == 1 ? c.nodes[0].name : "", c.nodes.size() > 1);
-    if (node_names.count(name) == 0) r.fail(t.get("node")->source(), path + "node", "unknown node '" + name + "'");
+    if (node_names.count(name) == 0) {
+      std::vector<std::string> declared;
+      for (const node_config& nc : c.nodes) declared.push_back(nc.name);
+      r.fail(t.get("node")->source(), path + "node", "unknown node '" + name + "' (declared: " + joined(declared) + ")");
+    }
     return name;
   };
 
@@ -172,6 +282,16 @@ cluster_config cluster_config_parse(const std::string& text, const std::string& 
   gw.max_queue = r.integer(gt, "gateway.", "max_queue", gw.max_queue, 1, 1 << 24);
   gw.max_body_mib = r.integer(gt, "gateway.", "max_body_mib", gw.max_body_mib, 1, 4096);
   gw.http_threads = r.integer(gt, "gateway.", "http_threads", gw.http_threads, 1, 256);
+  // The gateway's port must not be a link port on the same address: its own
+  // node's (whatever the addresses, when either listens on all of them), or
+  // any node's that listens on the gateway's host (one machine, e.g. 127.0.0.1).
+  for (const node_config& nc : c.nodes) {
+    const bool same_host = gw.host == nc.listen_host() ||
+                           (nc.name == gw.node && (wildcard_host(gw.host) || wildcard_host(nc.listen_host())));
+    if (gw.port != 0 && gw.port == nc.port && same_host)
+      r.fail(gt.get("port") ? gt.get("port")->source() : gt.source(), "gateway.port",
+             std::to_string(gw.port) + " is also the link port of node '" + nc.name + "' on " + nc.listen_host());
+  }
 
   std::set<std::string> instance_names;
   if (const toml::array* insts = r.tables(root, "", "instances")) {
@@ -199,6 +319,10 @@ cluster_config cluster_config_parse(const std::string& text, const std::string& 
           if (!device_ok(sc.device))
             r.fail(st.get("device")->source(), "instances.stages.device",
                    "must be auto, cpu, cuda or cuda:N, got '" + sc.device + "'");
+          for (const node_config& nc : c.nodes)
+            if (nc.name == sc.node && !device_declared(nc.devices, sc.device))
+              r.fail(st.get("device")->source(), "instances.stages.device",
+                     "'" + sc.device + "' is not one of node '" + nc.name + "''s devices (" + joined(nc.devices) + ")");
           ic.stages.push_back(std::move(sc));
         }
       }
@@ -211,6 +335,17 @@ cluster_config cluster_config_parse(const std::string& text, const std::string& 
   }
   if (c.instances.empty()) r.fail(root.source(), "instances", "at least one [[instances]] table is required");
   return c;
+}
+
+const node_config& cluster_config_node(const cluster_config& c, const std::string& name) {
+  std::vector<std::string> names;
+  for (const node_config& n : c.nodes) {
+    if (n.name == name) return n;
+    names.push_back(n.name);
+  }
+  const std::string origin = c.file.empty() ? std::string("the cluster config") : c.file.string();
+  throw error(errc::errc_invalid_config,
+              origin + ": no node '" + name + "' among its [[nodes]]: " + joined(names));
 }
 
 cluster_config cluster_config_load(const std::filesystem::path& file) {

@@ -1,6 +1,6 @@
-// Every engine tunable is declared once here, with its name, default, range
-// and doc. The command line and (later) cluster.toml bind to these
-// declarations; nothing else reads the environment or invents defaults.
+// Every tunable is declared once here, with its name, default, range and
+// doc. The command line and cluster.toml bind to these declarations; nothing
+// else reads the environment or invents defaults.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +36,25 @@ struct engine_tunables {
   std::vector<tunable*> all() {
     return {&threads,         &kv_page_size, &kv_cache_mib, &chunked_prefill_size, &max_running_requests,
             &max_restarts, &restart_window_s};
+  }
+};
+
+/// The links between nodes ([links] in cluster.toml): liveness and reconnection.
+struct link_tunables {
+  tunable heartbeat_interval_ms{"heartbeat-interval-ms", 500, 10, 60000,
+                                "how often an up node link says it is alive, in ms"};
+  tunable heartbeat_timeout_ms{"heartbeat-timeout-ms", 2000, 20, 600000,
+                               "a node link silent this long is declared down, in ms (at least twice "
+                               "heartbeat-interval-ms)"};
+  tunable handshake_timeout_ms{"handshake-timeout-ms", 2000, 10, 600000,
+                               "a connecting node must finish authenticating within this, in ms"};
+  tunable connect_retry_max_ms{"connect-retry-max-ms", 5000, 100, 600000,
+                               "longest wait between attempts to reach a node that is not up, in ms (the wait "
+                               "starts at 100 ms and doubles)"};
+
+  /// All of them, for binding and validation.
+  std::vector<tunable*> all() {
+    return {&heartbeat_interval_ms, &heartbeat_timeout_ms, &handshake_timeout_ms, &connect_retry_max_ms};
   }
 };
 
