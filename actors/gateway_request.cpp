@@ -237,6 +237,9 @@ void route(request_actor* self, generate_request g) {
             if (it == self->state.by_id.end()) return;
             choice_state& c = self->state.choices[it->second];
             c.instance = inst;
+            // An instance on another node can vanish with its node: the
+            // monitor turns that into an error instead of a request that hangs.
+            if (inst) self->monitor(inst);
             if (c.cancel_pending && inst) self->send(inst, cancel_atom::value, id);
           },
           [self, id](const caf::error& e) {
@@ -329,6 +332,19 @@ caf::behavior request_behavior(request_actor* self, std::shared_ptr<gateway_core
     return {};
   }
   if (self->state.req.stream) self->state.writer->start_stream(200, "text/event-stream");
+  self->set_down_handler([self](caf::down_msg& dm) {
+    const std::string why = dm.reason ? self->system().render(dm.reason) : "it exited";
+    std::vector<uint64_t> lost;
+    for (const choice_state& c : self->state.choices)
+      if (!c.done && c.instance && c.instance.address() == dm.source) lost.push_back(c.id);
+    for (const uint64_t id : lost) {
+      token_event ev;
+      ev.id = id;
+      ev.finish_reason = "error";
+      ev.error = "the instance serving this request failed: " + why;
+      on_tokens(self, ev);
+    }
+  });
   return {
       [self](token_atom, const token_event& ev) { on_tokens(self, ev); },
   };
