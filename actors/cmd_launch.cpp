@@ -11,8 +11,11 @@
 //   to --stop-timeout-s, then SIGKILL. A second Ctrl-C kills at once.
 //   PR_SET_PDEATHSIG stops them too if the launcher itself is killed.
 // - A child that exits while nobody asked it to is reported (status or
-//   signal) and the others are stopped; launch then exits 1. The config is
-//   read and checked in full before any child starts.
+//   signal) and the others are stopped; launch then exits 1. With
+//   --keep-going the others keep running instead (a cluster that outlives
+//   one of its nodes: the gateway marks that node's instances failed and
+//   answers 503 for them) until Ctrl-C; launch still exits 1 at the end. The
+//   config is read and checked in full before any child starts.
 #include <CLI/CLI.hpp>
 
 #include <fcntl.h>
@@ -48,6 +51,7 @@ struct launch_opts {
   std::string config;
   int stop_timeout_s = 10;
   bool list = false;
+  bool keep_going = false;
 };
 
 /// One output pipe of a child and the part of a line not yet forwarded.
@@ -248,7 +252,11 @@ class launcher {
         ch.status = status;
         const bool clean = WIFEXITED(status) ? WEXITSTATUS(status) == 0
                                              : WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM;
-        if (!stopping_) {
+        if (!stopping_ && opt_.keep_going) {
+          actors_log()->error("launch: node {} (pid {}) {} unexpectedly; the others keep running (--keep-going)",
+                              ch.name, pid, status_text(status));
+          failed_ = true;
+        } else if (!stopping_) {
           actors_log()->error("launch: node {} (pid {}) {} unexpectedly; stopping the others", ch.name, pid,
                               status_text(status));
           failed_ = true;
@@ -327,6 +335,8 @@ command command_launch(CLI::App& app) {
   cmd->add_option("--stop-timeout-s", o->stop_timeout_s, "after Ctrl-C, how long nodes get to stop before SIGKILL")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
+  cmd->add_flag("--keep-going", o->keep_going,
+                "when a node dies, report it and keep the others running (exit status 1 after Ctrl-C)");
   cmd->add_flag("--list", o->list, "print each node as 'NAME ADDRESS PORT' (one a line) and exit");
   return {cmd, [o] { return run_launch(*o); }};
 }

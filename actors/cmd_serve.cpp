@@ -22,6 +22,7 @@
 #include "actors/gateway.hpp"
 #include "actors/instance.hpp"
 #include "actors/messages.hpp"
+#include "actors/node_plan.hpp"
 #include "actors/router.hpp"
 #include "config/cluster_config.hpp"
 #include "config/errors.hpp"
@@ -89,7 +90,7 @@ serve_plan plan_from_config(const serve_opts& o, CLI::App* cmd) {
     throw error(errc::errc_invalid_config, where + "troupe serve runs a one-node cluster; this one has " +
                                                std::to_string(c.nodes.size()) + " nodes");
   serve_plan p;
-  const instance_config& first = c.instances.front();
+  p.gw = node_plan_gateway(c);  // refuses instances of different models or templates
   for (const instance_config& ic : c.instances) {
     if (ic.role != "mixed")
       throw error(errc::errc_invalid_config, where + "instance '" + ic.name + "': role '" + ic.role +
@@ -98,10 +99,6 @@ serve_plan plan_from_config(const serve_opts& o, CLI::App* cmd) {
       throw error(errc::errc_invalid_config, where + "instance '" + ic.name + "' has " +
                                                  std::to_string(ic.stages.size()) +
                                                  " stages; troupe serve runs one stage per instance");
-    if (ic.model != first.model || ic.chat_template != first.chat_template)
-      throw error(errc::errc_invalid_config, where + "instance '" + ic.name +
-                                                 "' serves another model or template than '" + first.name +
-                                                 "'; one gateway serves one model");
     const std::string device = resolve_device(ic.stages[0].device, where + "instance '" + ic.name + "'");
     instance_options io;
     io.device = device;
@@ -110,17 +107,10 @@ serve_plan plan_from_config(const serve_opts& o, CLI::App* cmd) {
     io.tunables = ic.tunables;
     p.instances.push_back(std::move(io));
   }
-  const gateway_config& g = c.gateway;
-  p.gw.host = cmd->count("--host") ? o.gw.host : g.host;
-  p.gw.port = cmd->count("--port") ? o.gw.port : g.port;
-  p.gw.api_keys = cmd->count("--api-key") ? std::vector<std::string>{o.api_key} : g.api_keys;
-  p.gw.admin_key = cmd->count("--admin-key") ? o.gw.admin_key : g.admin_key;
-  p.gw.model_name = g.served_model_name;
-  p.gw.http_threads = static_cast<int>(g.http_threads);
-  p.gw.max_queue = static_cast<int32_t>(g.max_queue);
-  p.gw.max_body_bytes = static_cast<size_t>(g.max_body_mib) << 20;
-  p.gw.model_dir = first.model;
-  p.gw.chat_template_file = first.chat_template;
+  if (cmd->count("--host")) p.gw.host = o.gw.host;
+  if (cmd->count("--port")) p.gw.port = o.gw.port;
+  if (cmd->count("--api-key")) p.gw.api_keys = {o.api_key};
+  if (cmd->count("--admin-key")) p.gw.admin_key = o.gw.admin_key;
   return p;
 }
 

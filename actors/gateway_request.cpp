@@ -12,6 +12,7 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actors/chunk_scheduler.hpp"
 #include "actors/gateway_core.hpp"
 #include "actors/openai_response.hpp"
 #include "model/detokenizer.hpp"
@@ -333,7 +334,7 @@ caf::behavior request_behavior(request_actor* self, std::shared_ptr<gateway_core
   }
   if (self->state.req.stream) self->state.writer->start_stream(200, "text/event-stream");
   self->set_down_handler([self](caf::down_msg& dm) {
-    const std::string why = dm.reason ? self->system().render(dm.reason) : "it exited";
+    const std::string why = dm.reason ? error_text(self->system(), dm.reason) : "it exited";
     std::vector<uint64_t> lost;
     for (const choice_state& c : self->state.choices)
       if (!c.done && c.instance && c.instance.address() == dm.source) lost.push_back(c.id);

@@ -4,7 +4,7 @@
 # between machines: no shared loopback and no shortcut through 127.0.0.1.
 #
 #   sudo deploy/netns.sh --config config/examples/three-nodes-netns.toml \
-#        [--troupe build/troupe] [--prefix-len 24] [--host-address 10.77.0.254]
+#        [--troupe build/troupe] [--prefix-len 24] [--host-address 10.77.0.254] [--keep-going]
 #
 # One bridge, and per node a namespace and a veth pair: the host end joins the
 # bridge, the other end becomes eth0 in the namespace with the node's address
@@ -12,23 +12,26 @@
 # bridge, e.g. to reach the gateway with curl. Each node runs as
 # `troupe node --config FILE --name NODE` with its output prefixed "[NODE] ".
 # Ctrl-C or SIGTERM stops the nodes (SIGTERM, then SIGKILL after 10 s); if a
-# node dies, the others are stopped and the script exits 1. Namespaces, veths
-# and the bridge are removed on every exit. Needs root and iproute2; node
-# addresses must be IPv4 and not loopback (each namespace has its own lo).
+# node dies, the others are stopped and the script exits 1 (with --keep-going
+# they keep running, as a cluster that outlives a node, until a signal; the
+# script still exits 1). Namespaces, veths and the bridge are removed on every
+# exit. Needs root and iproute2; node addresses must be IPv4 and not loopback
+# (each namespace has its own lo).
 # Names carry this script's pid, so several runs can coexist.
 set -euo pipefail
 
 die() { echo "netns.sh: $*" >&2; exit 2; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-config='' troupe='' prefix=24 host_address='' stop_timeout=10
+config='' troupe='' prefix=24 host_address='' stop_timeout=10 keep_going=0 failed=0
 while (($#)); do
   case $1 in
     --config) config=${2:?}; shift 2 ;;
     --troupe) troupe=${2:?}; shift 2 ;;
     --prefix-len) prefix=${2:?}; shift 2 ;;
     --host-address) host_address=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --keep-going) keep_going=1; shift ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -88,7 +91,7 @@ cleanup() {
 on_signal() {
   stopping=1
   echo "netns.sh: $1, stopping ${#pids[@]} node(s)" >&2
-  local rc=0
+  local rc=$failed
   stop_nodes || rc=1
   exit $rc
 }
@@ -136,11 +139,17 @@ while true; do
   [[ -n ${ended:-} ]] || continue  # a signal interrupted wait; its trap has run
   for i in "${!pids[@]}"; do
     if [[ ${pids[$i]} == "$ended" ]]; then
-      echo "netns.sh: node ${names[$i]} (pid $ended) exited with status $rc; stopping the others" >&2
-      unset 'pids[i]'
+      if ((keep_going)); then
+        echo "netns.sh: node ${names[$i]} (pid $ended) exited with status $rc; the others keep running (--keep-going)" >&2
+      else
+        echo "netns.sh: node ${names[$i]} (pid $ended) exited with status $rc; stopping the others" >&2
+      fi
+      unset 'pids[i]' 'names[i]'
     fi
   done
-  pids=("${pids[@]}")
+  pids=("${pids[@]}") names=("${names[@]}")
+  failed=1
+  ((keep_going && ${#pids[@]})) && continue
   stop_nodes || true
   exit 1
 done
