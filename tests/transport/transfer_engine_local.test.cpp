@@ -39,3 +39,42 @@ TEST_CASE("transfer_engine local: read and write registered memory, reject bad r
   CHECK(got == errc::errc_invalid_argument);
   CHECK(te->unregister_memory(d.region) == errc::errc_invalid_argument);
 }
+
+TEST_CASE("transfer_engine local: send and recv match by peer and tag, in either order") {
+  auto a = troupe::transfer_engine_local();
+  auto b = troupe::transfer_engine_local();
+  CHECK(a->address().engine != b->address().engine);
+  std::vector<unsigned char> src(100);
+  std::iota(src.begin(), src.end(), 1);
+  std::vector<unsigned char> dst(200, 0);
+  errc sent = errc::errc_io, got = errc::errc_io;
+  size_t n = 0;
+  b->recv(a->address(), 5, dst.data(), dst.size(), [&](errc e, size_t m) { got = e, n = m; });
+  CHECK(got == errc::errc_io);  // waits
+  a->send(b->address(), 5, src.data(), src.size(), [&](errc e, size_t) { sent = e; });
+  CHECK(sent == errc::ok);
+  CHECK(got == errc::ok);
+  CHECK(n == 100);
+  CHECK(std::equal(src.begin(), src.end(), dst.begin()));
+
+  sent = got = errc::errc_io;
+  a->send(b->address(), 6, src.data(), 10, [&](errc e, size_t) { sent = e; });
+  CHECK(sent == errc::errc_io);  // waits for its recv
+  b->recv(a->address(), 7, dst.data(), dst.size(), [&](errc e, size_t) { got = e; });
+  CHECK(got == errc::errc_io);  // another tag: no match
+  b->disconnect(a->address());  // the recv from a fails
+  CHECK(got == troupe::transfer_error::peer_lost);
+  errc small = errc::ok;
+  b->recv(a->address(), 6, dst.data(), 5, [&](errc e, size_t) { small = e; });
+  CHECK(small == troupe::transfer_error::bad_request);  // 10 bytes do not fit in 5
+  CHECK(sent == troupe::transfer_error::bad_request);
+
+  errc left = errc::ok;
+  a->send(b->address(), 8, src.data(), 10, [&](errc e, size_t) { left = e; });
+  b.reset();  // the peer goes away: the waiting send loses it
+  CHECK(left == troupe::transfer_error::peer_lost);
+  errc mine = errc::ok;
+  a->recv(a->address(), 9, dst.data(), 10, [&](errc e, size_t) { mine = e; });
+  a.reset();  // its own waiting operations are cancelled
+  CHECK(mine == troupe::transfer_error::cancelled);
+}

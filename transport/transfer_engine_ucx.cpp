@@ -1,0 +1,466 @@
+// Start-up, the progress loop, registration and the public calls of the ucx
+// transfer engine (the design is in transfer_engine_ucx.hpp).
+//
+// The loop (as in ucx_node): run posted commands, progress the worker until
+// it has nothing left, run what callbacks deferred, check deadlines, then arm
+// the worker and sleep in poll() on its event fd and an eventfd until UCX has
+// an event, a caller posts work, or the next deadline is due; with nothing
+// pending the sleep has no timeout. Registration runs on the progress thread
+// too (callers wait for it), so regions are touched by one thread only.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <future>
+#include <netdb.h>
+
+#include "transport/transfer_engine_ucx_impl.hpp"
+
+namespace troupe {
+
+namespace te_ucx {
+
+void request_cb(void* request, ucs_status_t status, void* user_data) {
+  std::unique_ptr<request_ctx> ctx(static_cast<request_ctx*>(user_data));
+  --ctx->owner->outstanding_;
+  ucp_request_free(request);
+  if (ctx->then) ctx->then(status);
+}
+
+void recv_request_cb(void* request, ucs_status_t status, size_t, void* user_data) {
+  request_cb(request, status, user_data);
+}
+
+// ---- start-up and teardown ----
+
+impl::impl(const ucx_engine_options& o) : opt_(o) {
+  if (opt_.timeout.count() <= 0 || opt_.connect_timeout.count() <= 0)
+    throw error(errc::errc_invalid_argument, "transfer_engine ucx '" + opt_.name + "': timeouts must be positive");
+  address_.engine = te_util::random_id();
+  address_.host = opt_.advertise_host.empty() ? opt_.host : opt_.advertise_host;
+  address_.host_id = te_util::host_id();
+  address_.pid = static_cast<uint32_t>(getpid());
+
+  ucp_config_t* config = nullptr;
+  TROUPE_TE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  params.name = opt_.name.c_str();
+  const ucs_status_t st = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  TROUPE_TE_UCS_CHECK(st, "ucp_init");
+
+  try {
+    ucp_worker_params_t wp{};
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread calls into the worker
+    TROUPE_TE_UCS_CHECK(ucp_worker_create(context_, &wp, &worker_), "ucp_worker_create");
+    TROUPE_TE_UCS_CHECK(ucp_worker_get_efd(worker_, &worker_fd_), "ucp_worker_get_efd");
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw error(errc::errc_io, std::string("transfer_engine ucx: eventfd: ") + std::strerror(errno));
+    register_am_handlers();
+
+    if (opt_.shared_memory) {
+      ucp_address_t* addr = nullptr;
+      size_t len = 0;
+      TROUPE_TE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
+      address_.worker_address.assign(reinterpret_cast<const char*>(addr), len);
+      ucp_worker_release_address(worker_, addr);
+    }
+
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* res = nullptr;
+    const std::string service = std::to_string(opt_.port);
+    const int rc = getaddrinfo(opt_.host.empty() ? nullptr : opt_.host.c_str(), service.c_str(), &hints, &res);
+    if (rc != 0 || res == nullptr)
+      throw error(errc::errc_invalid_argument,
+                  "transfer_engine ucx '" + opt_.name + "': cannot resolve '" + opt_.host + "': " + gai_strerror(rc));
+    sockaddr_storage sa{};
+    std::memcpy(&sa, res->ai_addr, res->ai_addrlen);
+    const socklen_t sa_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    ucp_listener_params_t lp{};
+    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
+    lp.sockaddr.addrlen = sa_len;
+    lp.conn_handler.cb = [](ucp_conn_request_h request, void* arg) {
+      auto* self = static_cast<impl*>(arg);
+      self->defer([self, request] { self->accept(request); });
+    };
+    lp.conn_handler.arg = this;
+    TROUPE_TE_UCS_CHECK(ucp_listener_create(worker_, &lp, &listener_),
+                        "ucp_listener_create on " + opt_.host + ":" + std::to_string(opt_.port));
+    ucp_listener_attr_t la{};
+    la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    TROUPE_TE_UCS_CHECK(ucp_listener_query(listener_, &la), "ucp_listener_query");
+    address_.port =
+        ntohs(la.sockaddr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&la.sockaddr)->sin6_port
+                                                : reinterpret_cast<sockaddr_in*>(&la.sockaddr)->sin_port);
+  } catch (...) {
+    if (listener_ != nullptr) ucp_listener_destroy(listener_);
+    if (wake_fd_ >= 0) close(wake_fd_);
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    ucp_cleanup(context_);
+    throw;
+  }
+  log()->info("transfer engine {} ({:016x}) listening on {}:{} (shared memory {})", opt_.name, address_.engine,
+              opt_.host, address_.port, opt_.shared_memory ? "on" : "off");
+  thread_ = std::thread([this] { run(); });
+  thread_id_ = thread_.get_id();
+}
+
+impl::~impl() {
+  stop_ = true;
+  wake();
+  if (thread_.joinable()) thread_.join();
+  close(wake_fd_);
+  ucp_cleanup(context_);
+}
+
+void impl::shutdown() {
+  shutting_down_ = true;
+  // Every operation ends cancelled; those whose buffers UCX still uses end
+  // when their requests are cancelled by the forced closes below (or, at the
+  // latest, once the worker is gone and can touch no memory).
+  std::vector<op*> all;
+  for (auto& [id, o] : ops_) all.push_back(o.get());
+  for (op* o : all) fail_op(o, outcome::cancelled);
+  std::vector<conn*> cs;
+  for (auto& [id, c] : conns_) cs.push_back(c.get());
+  for (conn* c : cs) fail_conn(c, outcome::cancelled, "engine shutting down", true);
+  run_deferred();
+  const auto deadline = clock::now() + std::chrono::seconds(1);
+  while ((!closing_.empty() || outstanding_ > 0) && clock::now() < deadline) {
+    ucp_worker_progress(worker_);
+    run_deferred();
+    reap_closing();
+  }
+  if (!closing_.empty() || outstanding_ > 0)
+    log()->warn("transfer engine {}: {} endpoints and {} requests still open at shutdown", opt_.name,
+                closing_.size(), outstanding_);
+  for (auto& [id, r] : regions_)
+    if (r.memh != nullptr) ucp_mem_unmap(context_, r.memh);
+  regions_.clear();
+  s_.registrations = 0;
+  ucp_listener_destroy(listener_);
+  ucp_worker_destroy(worker_);  // no UCX request can touch memory after this
+  all.clear();
+  for (auto& [id, o] : ops_) all.push_back(o.get());
+  for (op* o : all) {
+    o->inflight = 0;
+    finish(o, outcome::cancelled, 0);
+  }
+  deferred_.clear();
+  closing_.clear();
+  conns_.clear();
+  s_.peers = 0;
+}
+
+// ---- the progress loop ----
+
+void impl::post(std::function<void()> fn) {
+  bool was_empty = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    was_empty = commands_.empty();
+    commands_.push_back(std::move(fn));
+  }
+  if (was_empty) wake();  // a non-empty queue has a wake-up pending already
+}
+
+void impl::call(const std::function<void()>& fn) {
+  if (std::this_thread::get_id() == thread_id_) return fn();
+  std::promise<void> done;
+  std::future<void> f = done.get_future();
+  post([&] {
+    try {
+      fn();
+      done.set_value();
+    } catch (...) {
+      done.set_exception(std::current_exception());
+    }
+  });
+  f.get();
+}
+
+void impl::wake() {
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof one) < 0 && errno != EAGAIN)
+    log()->error("transfer engine {}: eventfd write: {}", opt_.name, std::strerror(errno));
+}
+
+void impl::run_commands() {
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.swap(commands_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+void impl::run_deferred() {
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> batch;
+    batch.swap(deferred_);
+    for (auto& fn : batch) fn();
+  }
+}
+
+void impl::reap_closing() {
+  for (auto it = closing_.begin(); it != closing_.end();) {
+    auto& reqs = (*it)->close_requests;
+    reqs.erase(std::remove_if(reqs.begin(), reqs.end(),
+                              [](void* r) {
+                                if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
+                                ucp_request_free(r);
+                                return true;
+                              }),
+               reqs.end());
+    it = reqs.empty() ? closing_.erase(it) : it + 1;
+  }
+  s_.peers = conns_.size() + closing_.size();
+}
+
+int impl::poll_timeout_ms(clock::time_point now) const {
+  bool any = false;
+  clock::time_point next = clock::time_point::max();
+  auto consider = [&](clock::time_point t) {
+    any = true;
+    next = std::min(next, t);
+  };
+  if (!deadlines_.empty()) consider(deadlines_.begin()->first);
+  if (!unexpected_.empty()) consider(unexpected_.front().expires);
+  for (const auto& [id, c] : conns_)
+    if (c->state == conn_state::connecting || c->state == conn_state::awaiting_hello) consider(c->deadline);
+  if (!closing_.empty()) consider(now + std::chrono::milliseconds(10));  // close requests are polled
+  if (!any) return -1;
+  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
+  return static_cast<int>(std::clamp<int64_t>(ms, 0, INT_MAX));
+}
+
+void impl::run() {
+  pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  for (;;) {
+    run_commands();
+    if (stop_) break;
+    while (ucp_worker_progress(worker_) != 0) {
+    }
+    run_deferred();
+    tick(clock::now());
+    run_deferred();
+    reap_closing();
+    if (!ops_.empty() && opt_.busy_poll.count() > 0) {  // an answer is likely close: poll before sleeping
+      const auto until = clock::now() + opt_.busy_poll;
+      bool progressed = false;
+      while (!progressed && clock::now() < until) progressed = ucp_worker_progress(worker_) != 0;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (progressed || !commands_.empty()) continue;
+    }
+    const ucs_status_t st = ucp_worker_arm(worker_);
+    if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
+    if (st != UCS_OK) log()->error("transfer engine {}: ucp_worker_arm: {}", opt_.name, ucs_status_string(st));
+    const int n = ::poll(fds, 2, st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
+    if (n > 0 && (fds[1].revents & POLLIN) != 0) {
+      uint64_t v = 0;
+      (void)!read(wake_fd_, &v, sizeof v);
+    }
+  }
+  shutdown();
+}
+
+void impl::track(ucs_status_ptr_t r, request_ctx* ctx) {
+  if (UCS_PTR_IS_PTR(r)) {
+    ++outstanding_;
+    return;  // send_cb (or the recv/flush callbacks) takes over ctx
+  }
+  std::unique_ptr<request_ctx> owned(ctx);
+  if (owned->then) owned->then(UCS_PTR_STATUS(r));
+}
+
+void impl::send_am(conn* c, unsigned id, request_ctx* ctx, const void* payload, size_t bytes, bool force_eager) {
+  ctx->owner = this;
+  ctx->header.from = address_.engine;
+  const bool shm = c->shm_ep != nullptr;
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.cb.send = request_cb;
+  p.user_data = ctx;
+  p.flags = force_eager ? UCP_AM_SEND_FLAG_EAGER : 0;
+  track(ucp_am_send_nbx(shm ? c->shm_ep : c->ep, id, &ctx->header, sizeof ctx->header, payload, bytes, &p), ctx);
+}
+
+void impl::send_control(uint64_t peer, unsigned id, const msg_header& h) {
+  conn* c = live_conn(peer);
+  if (c == nullptr) {
+    log()->debug("transfer engine {}: message {} to {:016x} dropped: no connection", opt_.name, id, peer);
+    return;
+  }
+  auto* ctx = new request_ctx;
+  ctx->header = h;
+  ctx->header.from = address_.engine;
+  send_am(c, id, ctx, nullptr, 0, true);
+}
+
+void impl::recv_data(void* desc, void* dest, size_t length, std::function<void(ucs_status_t)> then) {
+  auto* ctx = new request_ctx;
+  ctx->owner = this;
+  ctx->then = std::move(then);
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.recv_am = recv_request_cb;
+  p.user_data = ctx;
+  track(ucp_am_recv_data_nbx(worker_, desc, dest, length, &p), ctx);
+}
+
+void impl::submit(std::unique_ptr<op> o) {
+  o->id = next_op_++;
+  o->deadline = clock::now() + opt_.timeout;
+  ++s_.started;
+  ++s_.pending;
+  op* raw = o.release();
+  post([this, raw] { start(std::unique_ptr<op>(raw)); });
+}
+
+}  // namespace te_ucx
+
+// ---- the public face ----
+
+namespace {
+
+using te_ucx::op;
+using te_ucx::op_kind;
+
+class ucx_engine final : public transfer_engine {
+ public:
+  explicit ucx_engine(const ucx_engine_options& o) : impl_(std::make_unique<te_ucx::impl>(o)) {}
+
+  const char* backend() const override { return "ucx"; }
+  engine_address address() const override { return impl_->address_; }
+  std::chrono::milliseconds timeout() const override { return impl_->opt_.timeout; }
+
+  memory_descriptor register_memory(void* base, size_t bytes) override {
+    te_ucx::impl* self = impl_.get();
+    memory_descriptor d;
+    self->call([&] {
+      te_ucx::region r;
+      r.base = static_cast<std::byte*>(base);
+      r.bytes = bytes;
+      r.token = te_util::random_id();
+      if (self->opt_.shared_memory && self->opt_.rma && bytes > 0) {
+        ucp_mem_map_params_t mp{};
+        mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+        mp.address = base;
+        mp.length = bytes;
+        TROUPE_TE_UCS_CHECK(ucp_mem_map(self->context_, &mp, &r.memh), "ucp_mem_map");
+        void* packed = nullptr;
+        size_t packed_len = 0;
+        const ucs_status_t st = ucp_rkey_pack(self->context_, r.memh, &packed, &packed_len);
+        if (st != UCS_OK) ucp_mem_unmap(self->context_, r.memh);
+        TROUPE_TE_UCS_CHECK(st, "ucp_rkey_pack");
+        d.remote_key.assign(static_cast<const char*>(packed), packed_len);
+        ucp_rkey_buffer_release(packed);
+      }
+      d.region = self->next_region_++;
+      self->regions_.emplace(d.region, r);
+      ++self->s_.registrations;
+      d.token = r.token;
+    });
+    d.backend = "ucx";
+    d.bytes = bytes;
+    d.address = reinterpret_cast<uintptr_t>(base);
+    d.owner = impl_->address_;
+    return d;
+  }
+
+  errc unregister_memory(uint64_t region) override {
+    te_ucx::impl* self = impl_.get();
+    errc result = errc::errc_invalid_argument;
+    self->call([&] {
+      auto it = self->regions_.find(region);
+      if (it == self->regions_.end()) return;
+      if (it->second.memh != nullptr) ucp_mem_unmap(self->context_, it->second.memh);
+      self->regions_.erase(it);
+      --self->s_.registrations;
+      result = errc::ok;
+    });
+    return result;
+  }
+
+  void read(const memory_descriptor& remote, size_t offset, void* local, size_t bytes, transfer_done done) override {
+    auto o = std::make_unique<op>();
+    o->kind = op_kind::read;
+    o->remote = remote;
+    o->peer = remote.owner;
+    o->offset = offset;
+    o->local = static_cast<std::byte*>(local);
+    o->bytes = bytes;
+    o->done = std::move(done);
+    impl_->submit(std::move(o));
+  }
+
+  void write(const memory_descriptor& remote, size_t offset, const void* local, size_t bytes,
+             transfer_done done) override {
+    auto o = std::make_unique<op>();
+    o->kind = op_kind::write;
+    o->remote = remote;
+    o->peer = remote.owner;
+    o->offset = offset;
+    o->local = static_cast<std::byte*>(const_cast<void*>(local));
+    o->bytes = bytes;
+    o->done = std::move(done);
+    impl_->submit(std::move(o));
+  }
+
+  void send(const engine_address& to, uint64_t tag, const void* local, size_t bytes, transfer_done done) override {
+    auto o = std::make_unique<op>();
+    o->kind = op_kind::send;
+    o->peer = to;
+    o->tag = tag;
+    o->local = static_cast<std::byte*>(const_cast<void*>(local));
+    o->bytes = bytes;
+    o->done = std::move(done);
+    impl_->submit(std::move(o));
+  }
+
+  void recv(const engine_address& from, uint64_t tag, void* local, size_t capacity, transfer_done done) override {
+    auto o = std::make_unique<op>();
+    o->kind = op_kind::recv;
+    o->peer = from;
+    o->tag = tag;
+    o->local = static_cast<std::byte*>(local);
+    o->bytes = capacity;
+    o->done = std::move(done);
+    impl_->submit(std::move(o));
+  }
+
+  void disconnect(const engine_address& peer) override {
+    te_ucx::impl* self = impl_.get();
+    const uint64_t id = peer.engine;
+    self->post([self, id] {
+      auto it = self->by_engine_.find(id);
+      if (it == self->by_engine_.end()) return;
+      if (te_ucx::conn* c = self->find_conn(it->second))
+        self->fail_conn(c, te_ucx::outcome::peer_lost, "disconnected by this engine", true);
+    });
+  }
+
+  transfer_engine_stats stats() const override { return impl_->s_.snapshot(); }
+
+ private:
+  std::unique_ptr<te_ucx::impl> impl_;
+};
+
+}  // namespace
+
+std::unique_ptr<transfer_engine> transfer_engine_ucx(const ucx_engine_options& options) {
+  return std::make_unique<ucx_engine>(options);
+}
+
+}  // namespace troupe

@@ -1,0 +1,62 @@
+// The ucx data-plane backend (host memory). Each engine has its own UCX
+// context, worker and listener, and one progress thread that sleeps in poll()
+// on the worker's event fd, so an idle engine costs no core. Peers are found
+// from descriptors and addresses alone: the first operation towards an engine
+// opens a connection to the listener named in its engine_address (tcp, error
+// mode PEER: it is the liveness channel), and, when both engines are on one
+// host with shared memory on, a second endpoint from the peer's worker address
+// (error mode NONE, the only kind UCX 1.13 runs over shared memory).
+// While operations are pending the thread polls for a short while
+// (busy_poll) before it sleeps, which saves wake-ups on small transfers.
+//
+// Paths: the owner serves every read and write. A write carries its bytes in
+// an active message (rendezvous when large) that the owner receives straight
+// into the region after checking the range and the region's token; a read is
+// a request answered by an active message from the region. On one host the
+// messages take the shared-memory endpoint, where a rendezvous is a cma copy
+// done by the receiving side (zero copy, one copy); elsewhere tcp. UCX 1.13's
+// ucp_put/ucp_get do not reach cma for user memory: its default protocols run
+// them as software RMA through the owner's worker (measured 0.3-8 GB/s here,
+// erratic; ucp_put over tcp ~1 GB/s per PLATFORM.md). The one-sided path is
+// kept behind ucx_engine_options::rma for UCX builds whose protocols do.
+// send/recv: small messages are copied and sent eager; large ones announce
+// themselves and move (zero copy) only once the receiver has matched a recv,
+// so an unmatched send never pins the sender's buffer. Either way done fires
+// when the receiver holds the bytes.
+//
+// Known hazard (UCX 1.13, as in ucx_node): a cma transfer with a peer process
+// that dies in the middle of it is fatal to this process on a NONE endpoint
+// (and with rma, so is a one-sided access to a region its owner unregistered
+// and unmapped). Set shared_memory = false where peers may die during
+// transfers and tcp's speed is enough.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "transport/transfer_engine.hpp"
+
+namespace troupe {
+
+/// Settings of one ucx engine.
+struct ucx_engine_options {
+  std::string name = "te";                       ///< for logs
+  std::string host = "127.0.0.1";                ///< address the listener binds
+  std::string advertise_host;                    ///< address peers connect to (empty: host)
+  uint16_t port = 0;                             ///< listener port; 0 = ephemeral
+  bool shared_memory = true;                     ///< use shared memory (cma) with peers on this host
+  bool rma = false;                              ///< registrations carry a packed rkey; same-host peers then use ucp_get/put
+  std::chrono::milliseconds timeout{10000};      ///< per operation, from its start to done
+  std::chrono::milliseconds connect_timeout{2000};  ///< a new connection must be up within this
+  std::chrono::microseconds busy_poll{20};       ///< with operations pending, poll this long before sleeping
+  size_t max_unexpected_bytes = 64u << 20;       ///< small sends held for recvs not yet posted, in bytes
+};
+
+/// Starts a ucx engine: context, worker, listener and progress thread.
+/// Throws troupe::error (errc_invalid_argument for bad options, errc_io when
+/// UCX fails, e.g. the port is taken).
+std::unique_ptr<transfer_engine> transfer_engine_ucx(const ucx_engine_options& options);
+
+}  // namespace troupe
