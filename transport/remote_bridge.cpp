@@ -260,8 +260,10 @@ void remote_core::on_down(const std::string& node, const wire_envelope& e) {
   ++c_.remote_exits;
   const auto aid = static_cast<caf::actor_id>(e.target);
   if (proxies_.get(nid, aid) == nullptr) return;
-  proxies_.erase(nid, aid, std::move(reason));
+  // Counted first: erasing sends the down messages, and whoever receives one
+  // may read the counters at once.
   ++c_.proxies_killed;
+  proxies_.erase(nid, aid, std::move(reason));
 }
 
 }  // namespace troupe

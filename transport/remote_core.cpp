@@ -253,8 +253,8 @@ caf::node_id remote_core::node_id_of(const std::string& node) const {
 void remote_core::kill_proxies(const caf::node_id& nid, const caf::error& reason) {
   for (const auto& p : proxies_.get_all(nid)) {
     if (p == nullptr) continue;
+    ++c_.proxies_killed;  // before the down messages go out (see on_down)
     proxies_.erase(nid, p->id(), reason);
-    ++c_.proxies_killed;
   }
   proxies_.erase(nid);  // entries of handles that never became proxies
 }

@@ -5,8 +5,23 @@
 // left, run what callbacks deferred, send heartbeats and check deadlines,
 // then arm the worker and sleep in poll() on its event fd and our eventfd
 // until UCX has an event, a caller posts work, or the next timer is due.
+// Within options.busy_poll of traffic (an envelope in, a command, an inline
+// send) it does not sleep but loops again, yielding the core between rounds:
+// the answer to a request just sent is then picked up without a wake-up.
+//
+// Sends: a round trip between actors on two nodes crosses threads several
+// times (actor -> progress thread -> peer's progress thread -> peer's actor
+// and back), and each wake-up of a sleeping thread costs tens of
+// microseconds on a busy host. So an envelope is sent from the calling
+// thread itself when that is safe: the UCX lock is free (try_lock, never a
+// wait) and no earlier command is still queued (which keeps the order of one
+// caller's sends). The worker runs in UCS_THREAD_MODE_SERIALIZED for that:
+// several threads, one at a time. Everything else, and every callback into
+// the user, stays on the progress thread.
+#include <cstdlib>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -14,6 +29,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 #include "transport/ucx_node_impl.hpp"
 
@@ -94,6 +110,11 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
     throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': handshake_timeout must be positive");
   boot_id_ = ucx_handshake::local_boot_id();
 
+  // A node restarted on its fixed port (systemd, Kubernetes) must not wait
+  // ~60 s for the old connections' TIME_WAIT: SO_REUSEADDR on the listener.
+  // It is a UCT tcp_sockcm setting that ucp_config_modify rejects, so it goes
+  // in through UCX's environment (an explicit user setting wins).
+  ::setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
   ucp_config_t* config = nullptr;
   TROUPE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
   ucp_params_t params{};
@@ -107,7 +128,7 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
   try {
     ucp_worker_params_t wp{};
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-    wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread calls into the worker
+    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // the progress thread or an inline sender, under ucx_mu_
     TROUPE_UCS_CHECK(ucp_worker_create(context_, &wp, &worker_), "ucp_worker_create");
     TROUPE_UCS_CHECK(ucp_worker_get_efd(worker_, &worker_fd_), "ucp_worker_get_efd");
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -191,6 +212,7 @@ void ucx_node::impl::shutdown() {
                           outstanding_);
   ucp_listener_destroy(listener_);
   ucp_worker_destroy(worker_);
+  finished_ = true;
   deferred_.clear();
   closing_.clear();
   links_.clear();
@@ -205,8 +227,9 @@ void ucx_node::impl::post(std::function<void()> fn) {
     was_empty = commands_.empty();
     commands_.push_back(std::move(fn));
   }
-  // A non-empty queue already has a wake-up pending.
-  if (was_empty) wake();
+  // A non-empty queue already has a wake-up pending; a thread that is not
+  // sleeping checks the queue before it does (run() sets sleeping_ first).
+  if (was_empty && sleeping_.load()) wake();
 }
 
 void ucx_node::impl::wake() {
@@ -215,13 +238,14 @@ void ucx_node::impl::wake() {
     transport_log()->error("node {}: eventfd write: {}", opt_.name, std::strerror(errno));
 }
 
-void ucx_node::impl::run_commands() {
+bool ucx_node::impl::run_commands() {
   std::vector<std::function<void()>> batch;
   {
     std::lock_guard<std::mutex> lock(mu_);
     batch.swap(commands_);
   }
   for (auto& fn : batch) fn();
+  return !batch.empty();
 }
 
 void ucx_node::impl::run_deferred() {
@@ -281,20 +305,56 @@ void ucx_node::impl::tick(clock::time_point now) {
 }
 
 void ucx_node::impl::run() {
+  progress_id_ = std::this_thread::get_id();
+  pthread_setname_np(pthread_self(), "troupe.ucx");  // for top, perf and the benchmarks
+  std::unique_lock<std::mutex> ucx(ucx_mu_);
   pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  const bool busy_poll = opt_.busy_poll.count() > 0;
+  clock::time_point busy_until{}, next_tick{};
   for (;;) {
-    run_commands();
+    const bool ran = run_commands();
     if (stop_) break;
-    while (ucp_worker_progress(worker_) != 0) {
+    bool progressed = false;
+    while (ucp_worker_progress(worker_) != 0) progressed = true;
+    run_deferred();
+    const clock::time_point now = clock::now();
+    bool busy = false;
+    if (busy_poll) {
+      if (ran || progressed) busy_until = now + opt_.busy_poll;
+      const clock::time_point sent{clock::duration(inline_sent_ns_.load(std::memory_order_relaxed))};
+      busy_until = std::max(busy_until, sent + opt_.busy_poll);
+      busy = now < busy_until;
     }
-    run_deferred();
-    tick(clock::now());
-    run_deferred();
+    // Timers have millisecond resolution: while busy-polling, once a millisecond is enough.
+    if (!busy || now >= next_tick) {
+      tick(now);
+      run_deferred();
+      next_tick = now + std::chrono::milliseconds(1);
+    }
     reap_closing();
+    if (busy) {
+      ucx.unlock();  // an inline sender may take it meanwhile
+      std::this_thread::yield();
+      ucx.lock();
+      continue;
+    }
     const ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (st != UCS_OK) transport_log()->error("node {}: ucp_worker_arm: {}", opt_.name, ucs_status_string(st));
+    sleeping_ = true;  // before looking at the queue: post() then wakes us (see post)
+    bool queued = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queued = !commands_.empty();
+    }
+    if (queued) {
+      sleeping_ = false;
+      continue;
+    }
+    ucx.unlock();
     const int n = ::poll(fds, 2, st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
+    ucx.lock();
+    sleeping_ = false;
     if (n > 0 && (fds[1].revents & POLLIN) != 0) {
       uint64_t v = 0;
       (void)!read(wake_fd_, &v, sizeof v);
@@ -370,22 +430,59 @@ errc ucx_node::send_raw(const std::string& node, std::vector<char> bytes) {
     std::lock_guard<std::mutex> lock(self->mu_);
     if (self->up_names_.count(node) == 0) return errc::errc_invalid_argument;
   }
+  if (self->send_inline(node, bytes)) return errc::ok;
   self->post([self, node, bytes = std::move(bytes)]() mutable {
-    auto it = self->by_name_.find(node);
-    link* l = it == self->by_name_.end() ? nullptr : self->find(it->second);
-    if (l == nullptr || l->state != link_state::up) {
-      ++self->c_.dropped_no_link;
-      transport_log()->warn("node {}: envelope to {} dropped: the link went down", self->opt_.name, node);
-      return;
-    }
-    bool ok = false;
-    const bool shm = self->send_routed(l, am_envelope, l->header_to_peer(l->next_seq++), std::move(bytes), &ok);
-    if (!ok)  // the peer would wait for this sequence number forever
-      return self->fail_link(l, "an envelope could not be sent", link_end::dead);
-    ++self->c_.sent;
-    if (shm) ++self->c_.sent_shared_memory;
+    self->send_envelope_now(node, std::move(bytes), true);
   });
   return errc::ok;
+}
+
+bool ucx_node::impl::send_inline(const std::string& node, std::vector<char>& bytes) {
+  // The progress thread (a handler sending) already holds the lock: post, as
+  // before, so nothing is sent from inside a callback.
+  if (std::this_thread::get_id() == progress_id_.load()) return false;
+  std::unique_lock<std::mutex> ucx(ucx_mu_, std::try_to_lock);
+  if (!ucx.owns_lock() || finished_ || stop_) return false;
+  {
+    // Queued commands may hold this caller's earlier sends: keep the order.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!commands_.empty()) return false;
+  }
+  const size_t before = outstanding_;
+  send_envelope_now(node, std::move(bytes), false);
+  const bool pending = outstanding_ > before;
+  ucx.unlock();
+  if (opt_.busy_poll.count() > 0) {
+    // The answer is likely to come soon: have the progress thread poll for
+    // it (woken now, off the critical path, while the envelope travels).
+    inline_sent_ns_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    if (sleeping_.load()) wake();
+  } else if (pending) {
+    wake();  // UCX holds a request that only progress completes
+  }
+  return true;
+}
+
+void ucx_node::impl::send_envelope_now(const std::string& node, std::vector<char> bytes, bool on_progress_thread) {
+  auto it = by_name_.find(node);
+  link* l = it == by_name_.end() ? nullptr : find(it->second);
+  if (l == nullptr || l->state != link_state::up) {
+    ++c_.dropped_no_link;
+    transport_log()->warn("node {}: envelope to {} dropped: the link went down", opt_.name, node);
+    return;
+  }
+  bool ok = false;
+  const bool shm = send_routed(l, am_envelope, l->header_to_peer(l->next_seq++), std::move(bytes), &ok);
+  if (!ok) {  // the peer would wait for this sequence number forever
+    if (on_progress_thread) return fail_link(l, "an envelope could not be sent", link_end::dead);
+    // link_down runs on the progress thread; later sends queue behind this.
+    post([this, id = l->id] {
+      if (link* x = find(id)) fail_link(x, "an envelope could not be sent", link_end::dead);
+    });
+    return;
+  }
+  ++c_.sent;
+  if (shm) ++c_.sent_shared_memory;
 }
 
 std::vector<std::string> ucx_node::peers() const {

@@ -1,10 +1,13 @@
 // Inside ucx_node: the state the progress thread owns and the helpers its
 // source files share (ucx_node.cpp: start-up, the progress loop, the public
 // calls; ucx_link.cpp: the handshake and closing links; ucx_receive.cpp:
-// envelopes in, in order). Only the progress thread touches UCX objects and
-// the link tables; other threads go through post() (see ucx_node.hpp). UCX
-// callbacks do not create or close endpoints: those steps go through
-// defer() and run right after progress returns.
+// envelopes in, in order). UCX objects and the link tables are touched only
+// by whoever holds ucx_mu_: the progress thread, which holds it except while
+// it sleeps or yields, or a thread sending an envelope inline (send_inline);
+// everything else goes through post() (see ucx_node.hpp). Callbacks into the
+// user run on the progress thread only. UCX callbacks do not create or close
+// endpoints: those steps go through defer() and run right after progress
+// returns.
 #pragma once
 
 #include <spdlog/spdlog.h>
@@ -141,10 +144,19 @@ struct ucx_node::impl {
   /// Runs fn on the progress thread.
   void post(std::function<void()> fn);
   void wake();
+  /// Sends an envelope from the calling thread when that keeps the order and
+  /// UCX is free (see ucx_node.hpp); false when it must be posted instead.
+  bool send_inline(const std::string& node, std::vector<char>& bytes);
+
+  // ---- progress thread, or a caller holding ucx_mu_ (ucx_node.cpp) ----
+  /// Sends an envelope on the link to `node` now. A link that cannot take it
+  /// fails on the progress thread (a caller's failure is posted there).
+  void send_envelope_now(const std::string& node, std::vector<char> bytes, bool on_progress_thread);
 
   // ---- progress thread (ucx_node.cpp) ----
   void run();
-  void run_commands();
+  /// Runs the queued commands; whether there were any.
+  bool run_commands();
   void run_deferred();
   void reap_closing();
   void tick(clock::time_point now);
@@ -195,8 +207,17 @@ struct ucx_node::impl {
   uint16_t port_ = 0;
 
   std::thread thread_;
+  std::atomic<std::thread::id> progress_id_{};  ///< the progress thread's id, set before it runs anything
   std::atomic<bool> stop_{false};
   bool shutting_down_ = false;  ///< progress thread: no more callbacks to the user
+
+  /// Held by whoever touches UCX objects and the link tables: the progress
+  /// thread, except while it sleeps in poll() or yields while busy-polling,
+  /// or a caller sending inline (which only ever try_locks it).
+  std::mutex ucx_mu_;
+  bool finished_ = false;                  ///< (ucx_mu_) the worker is gone: nothing may send inline
+  std::atomic<bool> sleeping_{false};      ///< the progress thread is in (or about to enter) poll()
+  std::atomic<int64_t> inline_sent_ns_{0};  ///< steady clock of the last inline send (busy-poll window)
 
   // Shared with callers: commands to run, and the up links they may send to.
   mutable std::mutex mu_;
