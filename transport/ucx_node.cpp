@@ -321,7 +321,7 @@ void ucx_node::impl::run() {
     bool busy = false;
     if (busy_poll) {
       if (ran || progressed) busy_until = now + opt_.busy_poll;
-      const clock::time_point sent{clock::duration(inline_sent_ns_.load(std::memory_order_relaxed))};
+      const clock::time_point sent{clock::duration(inline_sent_ns_.load())};
       busy_until = std::max(busy_until, sent + opt_.busy_poll);
       busy = now < busy_until;
     }
@@ -341,12 +341,14 @@ void ucx_node::impl::run() {
     const ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (st != UCS_OK) transport_log()->error("node {}: ucp_worker_arm: {}", opt_.name, ucs_status_string(st));
-    sleeping_ = true;  // before looking at the queue: post() then wakes us (see post)
+    sleeping_ = true;  // before looking at the queue and the last inline send: post() and send_inline() then wake us
     bool queued = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queued = !commands_.empty();
     }
+    if (busy_poll && clock::time_point{clock::duration(inline_sent_ns_.load())} + opt_.busy_poll > clock::now())
+      queued = true;  // an inline send since the check above: poll for its answer
     if (queued) {
       sleeping_ = false;
       continue;
@@ -455,7 +457,7 @@ bool ucx_node::impl::send_inline(const std::string& node, std::vector<char>& byt
   if (opt_.busy_poll.count() > 0) {
     // The answer is likely to come soon: have the progress thread poll for
     // it (woken now, off the critical path, while the envelope travels).
-    inline_sent_ns_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    inline_sent_ns_.store(clock::now().time_since_epoch().count());  // then sleeping_: see run()
     if (sleeping_.load()) wake();
   } else if (pending) {
     wake();  // UCX holds a request that only progress completes

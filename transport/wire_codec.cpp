@@ -128,11 +128,21 @@ caf::error wire_reader::begin_sequence(size_t& num) {
 }
 caf::error wire_reader::end_sequence() { return caf::none; }
 caf::error wire_reader::apply_raw(size_t num_bytes, void* data) {
-  msgpack::type::raw_ref r;
-  if (auto e = get(r, "raw bytes")) return e;
-  if (r.size != num_bytes)
-    return fail("raw bytes: expected " + std::to_string(num_bytes) + ", got " + std::to_string(r.size));
-  std::memcpy(data, r.ptr, num_bytes);
+  // Not through get(): a raw_ref points into the unpacked object's zone,
+  // which must still be alive while the bytes are copied out.
+  if (!failure_.empty()) return make_fail(failure_);
+  if (offset_ >= size_) return fail("truncated payload: expected raw bytes");
+  try {
+    msgpack::object_handle h = msgpack::unpack(data_, size_, offset_, nullptr, nullptr, limit_of(limits_));
+    const auto r = h.get().as<msgpack::type::raw_ref>();
+    if (r.size != num_bytes)
+      return fail("raw bytes: expected " + std::to_string(num_bytes) + ", got " + std::to_string(r.size));
+    std::memcpy(data, r.ptr, num_bytes);
+  } catch (const msgpack::type_error&) {
+    return fail("expected raw bytes at byte " + std::to_string(offset_));
+  } catch (const std::exception& e) {
+    return fail(std::string("malformed payload reading raw bytes: ") + e.what());
+  }
   return caf::none;
 }
 caf::error wire_reader::apply_impl(int8_t& x) { return get(x, "int8"); }
