@@ -11,7 +11,8 @@
 # and attention tables against the ceilings and PyTorch SDPA, GEMV and
 # sampling, then the engine and transformers on the same shapes, then the
 # plot. Environment: SUITE_PARTS (default "tests kernels attention gemv
-# sample engine peer"; also sanitize and profile), PEER_BUDGET_S (transformers' time budget, default 240).
+# sample engine peer"; also sanitize: compute-sanitizer
+# memcheck and racecheck on the kernel tests), PEER_BUDGET_S (transformers' time budget, default 240).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-gpu}
@@ -73,15 +74,6 @@ run() {
           $cs --tool racecheck --error-exitcode 9 "$bin/troupe_kernels_cuda_tests" \
             -tc='attention decode*,attention prefill (CUDA*,*rmsnorm*,sample_cuda radix*,sample_cuda mixed*,gemv kernels chained*' | tail -4
           echo "racecheck exit ${PIPESTATUS[0]}" ;;
-        profile)  # what bounds batch-1 decode: every kernel of an 8B step, and decode attention at 32K
-          local nc=ncu
-          command -v $nc >/dev/null || nc=/usr/local/cuda/bin/ncu
-          $nc --section SpeedOfLight --print-summary per-kernel --launch-skip 500 --launch-count 300 \
-            "$bin/bench_cuda_engine" --models 8B --ctx 512 --batch 1 --prompts 0 --steps 2 2>&1 |
-            grep -E '^  [a-zA-Z_].*\(|Duration|Memory Throughput|DRAM Throughput' | head -120
-          $nc --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
-            -k regex:attention_decode --launch-count 2 \
-            "$bin/bench_cuda_engine" --models 8B --ctx 32768 --batch 1 --prompts 0 --steps 1 2>&1 | tail -120 ;;
         peer) python3 benches/gpu/transformers_peer.py --json "$j/peer.json" --time-budget "${PEER_BUDGET_S:-240}" ;;
         *) echo "suite.sh: unknown part '$p'" ;;
       esac
