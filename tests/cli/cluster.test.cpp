@@ -16,270 +16,24 @@
 //   where this machine permits it (root, `ip netns`); exit 77 otherwise.
 // Ports are fresh free ones per case; instances run with threads = 1 so the
 // demo model does not oversubscribe a small machine.
-#include <doctest/doctest.h>
+#include "cli_support.hpp"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <ctime>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <iterator>
 #include <iomanip>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
-#include <regex>
-#include <string>
-#include <thread>
-#include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace {
 
-namespace fs = std::filesystem;
-using namespace std::chrono_literals;
-using steady = std::chrono::steady_clock;
+using namespace cli_support;
 using json = nlohmann::json;
 
-const fs::path source_root = fs::path(TROUPE_FIXTURES) / ".." / "..";
 const std::string admin_key = "change-me-admin";  // the examples' admin key
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-void replace_all(std::string& s, const std::string& from, const std::string& to) {
-  for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size()) s.replace(p, from.size(), to);
-}
-
-size_t count_of(const std::string& s, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = 0; (p = s.find(what, p)) != std::string::npos; p += what.size()) ++n;
-  return n;
-}
-
-double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
-
-// A per-process scratch folder (CTest runs cases in parallel processes).
-struct scratch {
-  fs::path path;
-  explicit scratch(const std::string& tag)
-      : path(fs::temp_directory_path() / ("troupe_cluster_test_" + std::to_string(getpid()) + "_" + tag)) {
-    fs::create_directories(path);
-  }
-  ~scratch() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
-// A TCP port nothing listens on right now.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool sh_ok(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
-
-// Root is not enough (a container may lack CAP_NET_ADMIN): make and remove a
-// namespace and a bridge, as netns.sh will.
-const char* const netns_probe =
-    "n=tprobe$$; ip netns add $n && ip link add ${n}b type bridge && ip link del ${n}b; r=$?; "
-    "ip netns del $n; exit $r";
-
-std::string demo_model_toml() {
-  std::string s = "\"";
-  s += fs::canonical(source_root / "models" / "demo").string();
-  s += '"';
-  return s;
-}
-
-// Under CTest (one case per process, named exactly) a skip is exit 77; in a
-// run of several cases (no filter, or one with a wildcard) it is a message
-// and a return.
-bool selected_alone() {
-  std::string cmdline = slurp("/proc/self/cmdline");
-  std::replace(cmdline.begin(), cmdline.end(), '\0', '\n');
-  for (const char* flag : {"--test-case=", "-tc="}) {
-    const size_t at = cmdline.find(flag);
-    if (at == std::string::npos) continue;
-    const std::string filter = cmdline.substr(at, cmdline.find('\n', at) - at);
-    return filter.find('*') == std::string::npos && filter.find('?') == std::string::npos;
-  }
-  return false;
-}
-
-bool gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
-
-// A child process with stdout and stderr in files of `dir` named by `tag`.
-struct process {
-  pid_t pid = -1;
-  int status = -1;
-  fs::path out, err;
-
-  process(const scratch& dir, const std::string& tag, std::vector<std::string> argv)
-      : out(dir / (tag + ".out")), err(dir / (tag + ".err")) {
-    pid = fork();
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test killed by CTest's timeout leaves nothing behind
-      const int o = ::open(out.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-      const int e = ::open(err.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-      dup2(o, 1);
-      dup2(e, 2);
-      std::vector<char*> args;
-      for (std::string& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-  }
-  // A case that failed half-way: SIGTERM first, so that launch stops its
-  // nodes and netns.sh removes its namespaces; SIGKILL after 15 s.
-  ~process() {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    if (wait_exit(15s) == -1) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-  std::string stdout_text() const { return slurp(out); }
-  std::string stderr_text() const { return slurp(err); }
-  std::string both() const { return "--- stdout\n" + stdout_text() + "--- stderr\n" + stderr_text(); }
-
-  // Polls until pred(stdout, stderr) holds, the process ends or the time is up.
-  bool wait_for(const std::function<bool(const std::string&, const std::string&)>& pred,
-                std::chrono::milliseconds limit = 60s) {
-    const auto end = steady::now() + limit;
-    while (steady::now() < end) {
-      if (pred(stdout_text(), stderr_text())) return true;
-      if (pid > 0 && waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return pred(stdout_text(), stderr_text());
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-  bool wait_stderr(const std::string& text, std::chrono::milliseconds limit = 30s) {
-    return wait_for([&](const std::string&, const std::string& e) { return e.find(text) != std::string::npos; }, limit);
-  }
-  // The exit code (128 + signal when killed); -1 when it did not end in time.
-  int wait_exit(std::chrono::seconds limit = 30s) {
-    const auto end = steady::now() + limit;
-    while (pid > 0 && steady::now() < end) {
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        break;
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    if (pid > 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
-
-// ---- HTTP ----
-
-int connect_to(const std::string& host, int port, int timeout_s = 30) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  REQUIRE(::inet_pton(AF_INET, host.c_str(), &a.sin_addr) == 1);
-  timeval tv{timeout_s, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-void send_all(int fd, const std::string& s) {
-  for (size_t off = 0; off < s.size();) {
-    const ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    off += static_cast<size_t>(n);
-  }
-}
-
-std::string request_text(const std::string& method, const std::string& path, const std::string& body,
-                         const std::string& auth = "") {
-  std::string r = method + " " + path + " HTTP/1.1\r\nHost: troupe\r\nConnection: close\r\n";
-  if (!auth.empty()) r += "Authorization: Bearer " + auth + "\r\n";
-  if (method == "POST") r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
-  return r + "\r\n" + body;
-}
-
-// Decodes chunked transfer encoding when the head says so.
-std::string body_of(const std::string& head, const std::string& body) {
-  if (head.find("chunked") == std::string::npos) return body;
-  std::string out;
-  for (size_t p = 0; p < body.size();) {
-    const size_t eol = body.find("\r\n", p);
-    if (eol == std::string::npos) break;
-    const size_t n = std::stoul(body.substr(p, eol - p), nullptr, 16);
-    if (n == 0) break;
-    out += body.substr(eol + 2, n);
-    p = eol + 2 + n + 2;
-  }
-  return out;
-}
-
-struct http_reply {
-  int status = 0;  ///< 0: no answer
-  std::string body;
-};
-
-http_reply parse_reply(const std::string& raw) {
-  http_reply r;
-  const size_t sp = raw.find(' '), end = raw.find("\r\n\r\n");
-  if (sp == std::string::npos || end == std::string::npos) return r;
-  r.status = std::stoi(raw.substr(sp + 1, 3));
-  r.body = body_of(raw.substr(0, end), raw.substr(end + 4));
-  return r;
-}
-
-http_reply http(const std::string& host, int port, const std::string& method, const std::string& path,
-                const std::string& body = "", const std::string& auth = "") {
-  const int fd = connect_to(host, port);
-  if (fd < 0) return {};
-  send_all(fd, request_text(method, path, body, auth));
-  std::string raw;
-  char buf[65536];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) raw.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return parse_reply(raw);
-}
 
 // The texts of an SSE body's completion chunks, concatenated.
 std::string sse_text(const std::string& body) {
@@ -350,12 +104,6 @@ std::optional<std::chrono::system_clock::time_point> logged_at(const std::string
   if (in.fail() || dot != '.') return std::nullopt;
   tm.tm_isdst = -1;
   return std::chrono::system_clock::from_time_t(std::mktime(&tm)) + std::chrono::milliseconds(millis);
-}
-
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
-  for (const auto end = steady::now() + limit; steady::now() < end; std::this_thread::sleep_for(10ms))
-    if (pred()) return true;
-  return pred();
 }
 
 // ---- the scenario ----
@@ -504,24 +252,16 @@ struct loopback_cluster {
 };
 
 loopback_cluster loopback_config(const scratch& dir, bool fast_heartbeats = false) {
-  std::string text = slurp(source_root / "config" / "examples" / "three-nodes.toml");
+  three_node_example example = three_node_example_text();
+  std::string& text = example.text;
   if (fast_heartbeats) {
     REQUIRE(text.find("heartbeat-interval-ms = 500\nheartbeat-timeout-ms = 2000\n") != std::string::npos);
     replace_all(text, "heartbeat-interval-ms = 500\nheartbeat-timeout-ms = 2000\n",
                 "heartbeat-interval-ms = 50\nheartbeat-timeout-ms = 300\n");
   }
-  REQUIRE(text.find("port = 7103") != std::string::npos);
-  loopback_cluster out;
-  for (const char* port : {"7101", "7102", "7103", "8100"}) {
-    const int p = free_port();
-    if (std::string(port) == "7103") out.port_c = p;
-    if (std::string(port) == "8100") out.gateway = {"127.0.0.1", p};
-    replace_all(text, std::string("port = ") + port, "port = " + std::to_string(p));
-  }
-  replace_all(text, "\"../../models/demo\"", demo_model_toml());
   REQUIRE(text.find("kv-cache-mib = 64\n") != std::string::npos);
   replace_all(text, "kv-cache-mib = 64\n", "kv-cache-mib = 64\nthreads = 1\n");
-  out.config = dir / "three-nodes.toml";
+  loopback_cluster out{dir / "three-nodes.toml", example.port_c, {"127.0.0.1", example.gateway_port}};
   std::ofstream(out.config) << text;
   return out;
 }
@@ -532,15 +272,6 @@ bool cluster_ready(const std::string& out, const std::string&) {
          out.find("[c] ready: node c:") != std::string::npos && out.find("[b] ready: node b:") != std::string::npos;
 }
 
-// node -> pid, from launch's "node N started (pid P)" lines.
-std::map<std::string, pid_t> child_pids(const std::string& err) {
-  std::map<std::string, pid_t> out;
-  const std::regex re("launch: node (\\w+) started \\(pid (\\d+)\\)");
-  for (auto it = std::sregex_iterator(err.begin(), err.end(), re); it != std::sregex_iterator(); ++it)
-    out[(*it)[1]] = static_cast<pid_t>(std::stol((*it)[2]));
-  return out;
-}
-
 void stop_launch(process& p, int expected_exit) {
   REQUIRE(::kill(p.pid, SIGINT) == 0);
   CHECK_MESSAGE(p.wait_exit() == expected_exit, p.stderr_text());
@@ -549,7 +280,7 @@ void stop_launch(process& p, int expected_exit) {
 }  // namespace
 
 TEST_CASE("cluster: a request through the gateway on node a is served on node c with the tokens of one process") {
-  const scratch dir("serve");
+  const scratch dir("cluster", "serve");
   const json reference = single_process_answer(dir);
   const loopback_cluster c = loopback_config(dir);
   process p(dir, "launch", {TROUPE_BINARY, "launch", "--config", c.config.string()});
@@ -567,7 +298,7 @@ TEST_CASE("cluster: a request through the gateway on node a is served on node c 
 
 TEST_CASE("cluster: kill -9 of node c fails its instance on node a within 1 s, ends streams, answers 503, and a "
           "restarted node c joins again") {
-  const scratch dir("kill");
+  const scratch dir("cluster", "kill");
   const loopback_cluster c = loopback_config(dir);
   process p(dir, "launch", {TROUPE_BINARY, "launch", "--config", c.config.string(), "--keep-going"});
   REQUIRE_MESSAGE(p.wait_for(cluster_ready), p.both());
@@ -602,7 +333,7 @@ TEST_CASE("cluster: kill -9 of node c fails its instance on node a within 1 s, e
 
 TEST_CASE("cluster: a node that falls silent (SIGSTOP) fails its instance after the heartbeat timeout and is joined "
           "again after SIGCONT") {
-  const scratch dir("stop");
+  const scratch dir("cluster", "stop");
   const loopback_cluster c = loopback_config(dir, true);
   process p(dir, "launch", {TROUPE_BINARY, "launch", "--config", c.config.string()});
   REQUIRE_MESSAGE(p.wait_for(cluster_ready), p.both());
@@ -636,17 +367,18 @@ TEST_CASE("cluster: a node that falls silent (SIGSTOP) fails its instance after 
 
 TEST_CASE("cluster: a peer without the cluster secret and stray connections on node c's port are refused while the "
           "cluster keeps serving") {
-  const scratch dir("intruder");
+  const scratch dir("cluster", "intruder");
   const loopback_cluster c = loopback_config(dir);
   process p(dir, "launch", {TROUPE_BINARY, "launch", "--config", c.config.string()});
   REQUIRE_MESSAGE(p.wait_for(cluster_ready), p.both());
   const pid_t c_pid = child_pids(p.stderr_text()).at("c");
 
   // A node of another cluster (another secret) that dials node c.
+  const std::vector<int> ports = free_ports(2);
   const std::string intruder_toml =
       "secret = \"not-the-cluster-secret\"\n\n[[nodes]]\nname = \"c\"\naddress = \"127.0.0.1\"\nport = " +
       std::to_string(c.port_c) + "\n\n[[nodes]]\nname = \"intruder\"\naddress = \"127.0.0.1\"\nport = " +
-      std::to_string(free_port()) + "\n\n[gateway]\nnode = \"c\"\nport = " + std::to_string(free_port()) +
+      std::to_string(ports[0]) + "\n\n[gateway]\nnode = \"c\"\nport = " + std::to_string(ports[1]) +
       "\n\n[[instances]]\nname = \"x\"\nmodel = " + demo_model_toml() + "\n\n[[instances.stages]]\nnode = \"c\"\n";
   std::ofstream(dir / "intruder.toml") << intruder_toml;
   process intruder(dir, "intruder",
@@ -684,7 +416,7 @@ TEST_CASE("cluster: a peer without the cluster secret and stray connections on n
 TEST_CASE("cluster: 4 KiB of zero bytes on a node's port do not kill the node") {
   std::string skipped;
   {  // everything here is cleaned up before a skip exits the process
-    const scratch dir("zeros");
+    const scratch dir("cluster", "zeros");
     const loopback_cluster c = loopback_config(dir);
     process p(dir, "launch", {TROUPE_BINARY, "launch", "--config", c.config.string(), "--keep-going"});
     REQUIRE_MESSAGE(p.wait_for(cluster_ready), p.both());
@@ -719,12 +451,12 @@ TEST_CASE("cluster: 4 KiB of zero bytes on a node's port do not kill the node") 
 
 TEST_CASE("cluster: in network namespaces (netns.sh) served on node c like one process, and kill -9 of node c fails "
           "its instance within 1 s") {
-  if (::geteuid() != 0 || !sh_ok(netns_probe)) {
+  if (!netns_possible()) {
     MESSAGE("skipped: deploy/netns.sh needs root and `ip netns`");
     if (selected_alone()) std::exit(77);
     return;
   }
-  const scratch dir("netns");
+  const scratch dir("cluster", "netns");
   const json reference = single_process_answer(dir);
   // A subnet of this run's own, so that runs in parallel (and the launch test's) do not meet on the host side.
   const std::string subnet = "10.78." + std::to_string(1 + getpid() % 250) + ".";
@@ -741,11 +473,7 @@ TEST_CASE("cluster: in network namespaces (netns.sh) served on node c like one p
   REQUIRE_MESSAGE(p.wait_for(cluster_ready, 90s), p.both());
   CHECK(p.stdout_text().find("[a] ready: node a: links on " + subnet + "1:7101 up to b, c; gateway http://" + subnet +
                              "1:8100; instance demo-0 on node c (joined)") != std::string::npos);
-  std::map<std::string, pid_t> pids;
-  const std::string err = p.stderr_text();
-  const std::regex re("netns.sh: node (\\w+) \\(pid (\\d+)\\) in netns troupe-" + tag + "-\\w+");
-  for (auto it = std::sregex_iterator(err.begin(), err.end(), re); it != std::sregex_iterator(); ++it)
-    pids[(*it)[1]] = static_cast<pid_t>(std::stol((*it)[2]));
+  const std::map<std::string, pid_t> pids = netns_pids(p.stderr_text(), tag);
   REQUIRE(pids.size() == 3);
   const gateway_at g{subnet + "1", 8100};
   check_served_like_one_process(g, reference);
