@@ -3,11 +3,6 @@
 // lock and calls only node_system's thread-safe, non-blocking members.
 #include "actors/node_links.hpp"
 
-#include <arpa/inet.h>
-#include <ifaddrs.h>
-#include <net/if.h>
-#include <netdb.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,70 +114,6 @@ caf::behavior link_keeper(keeper_actor* self, node_system* net, node_links_optio
 
 caf::actor node_links_spawn(caf::actor_system& sys, node_system& net, node_links_options options) {
   return sys.spawn<caf::detached>(link_keeper, &net, std::move(options));
-}
-
-// Two traps, both silent in UCX, where every connection attempt just fails:
-// - its server side looks the listener's address up among the interfaces and
-//   refuses the connection when none has it (127.0.0.2 on a lo that only has
-//   127.0.0.1, although the kernel accepts the socket);
-// - its tcp transport listens on each interface's primary IPv4 address but
-//   the peer dials the address it connected to, so a secondary address of an
-//   interface (127.0.0.2 added to lo) fails one step later.
-// A wildcard address is fine.
-std::string node_links_listen_problem(const std::string& host) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || res == nullptr) return {};
-  ifaddrs* ifs = nullptr;
-  if (getifaddrs(&ifs) != 0) {
-    freeaddrinfo(res);
-    return {};
-  }
-  std::string problem;
-  for (const addrinfo* r = res; r != nullptr && problem.empty(); r = r->ai_next) {
-    char text[INET6_ADDRSTRLEN] = "?";
-    const ifaddrs* owner = nullptr;
-    if (r->ai_family == AF_INET) {
-      const in_addr a = reinterpret_cast<const sockaddr_in*>(r->ai_addr)->sin_addr;
-      if (a.s_addr == htonl(INADDR_ANY)) continue;
-      inet_ntop(AF_INET, &a, text, sizeof text);
-      for (const ifaddrs* i = ifs; i != nullptr && owner == nullptr; i = i->ifa_next)
-        if (i->ifa_addr != nullptr && i->ifa_addr->sa_family == AF_INET &&
-            reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr == a.s_addr)
-          owner = i;
-      if (owner == nullptr) {
-        problem = std::string(text) + " is the address of no network interface here";
-        break;
-      }
-      // The primary address is the one SIOCGIFADDR reports (and UCX uses).
-      ifreq req{};
-      std::strncpy(req.ifr_name, owner->ifa_name, IFNAMSIZ - 1);
-      const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-      if (fd >= 0 && ::ioctl(fd, SIOCGIFADDR, &req) == 0) {
-        const in_addr primary = reinterpret_cast<const sockaddr_in*>(&req.ifr_addr)->sin_addr;
-        char ptext[INET_ADDRSTRLEN] = "?";
-        inet_ntop(AF_INET, &primary, ptext, sizeof ptext);
-        if (primary.s_addr != a.s_addr)
-          problem = std::string(text) + " is a secondary address of " + owner->ifa_name + " (its primary is " + ptext +
-                    ")";
-      }
-      if (fd >= 0) ::close(fd);
-    } else if (r->ai_family == AF_INET6) {
-      const in6_addr a = reinterpret_cast<const sockaddr_in6*>(r->ai_addr)->sin6_addr;
-      if (std::memcmp(&a, &in6addr_any, sizeof a) == 0) continue;
-      inet_ntop(AF_INET6, &a, text, sizeof text);
-      for (const ifaddrs* i = ifs; i != nullptr && owner == nullptr; i = i->ifa_next)
-        if (i->ifa_addr != nullptr && i->ifa_addr->sa_family == AF_INET6 &&
-            std::memcmp(&reinterpret_cast<const sockaddr_in6*>(i->ifa_addr)->sin6_addr, &a, sizeof a) == 0)
-          owner = i;
-      if (owner == nullptr) problem = std::string(text) + " is the address of no network interface here";
-    }
-  }
-  freeifaddrs(ifs);
-  freeaddrinfo(res);
-  return problem;
 }
 
 }  // namespace troupe

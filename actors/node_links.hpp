@@ -47,10 +47,4 @@ struct node_links_options {
 /// outlive it: stop the keeper (and wait for it) before destroying `net`.
 caf::actor node_links_spawn(caf::actor_system& sys, node_system& net, node_links_options options);
 
-/// Why UCX 1.13 would never accept a link on a listener bound to `host`, or
-/// "" (also when `host` does not resolve: the transport reports that). Every
-/// connection attempt to such a listener fails silently in UCX, so a node
-/// that others connect to refuses this address at start-up.
-std::string node_links_listen_problem(const std::string& host);
-
 }  // namespace troupe

@@ -114,20 +114,10 @@ void node_runtime::state::start_links() {
   o.heartbeat_interval = ms(lt.heartbeat_interval_ms.value);
   o.heartbeat_timeout = ms(lt.heartbeat_timeout_ms.value);
   o.handshake_timeout = ms(lt.handshake_timeout_ms.value);
-  // Nodes declared after this one connect to it: refuse at once what UCX would refuse silently on every attempt.
-  if (index + 1 < cluster.nodes.size()) {
-    const std::string problem = node_links_listen_problem(me.listen_host());
-    if (!problem.empty())
-      throw error(errc::errc_invalid_config,
-                  where + "node '" + me.name + "' cannot accept links on " + me.listen_host() + ": " + problem +
-                      "; UCX 1.13 accepts links only on an interface's primary address (on one host: every node "
-                      "on 127.0.0.1 with its own port, or one network namespace per node with deploy/netns.sh)");
-  }
   try {
     net = std::make_unique<node_system>(*sys, std::move(o));
   } catch (const error& e) {
-    throw error(e.code(), where + "node '" + me.name + "' cannot listen on " + me.listen_host() + ":" +
-                              std::to_string(me.port) + ": " + e.what());
+    throw error(e.code(), where + e.what());  // names the node, and the address when listening failed
   }
   node_links_options lo;
   lo.self = me.name;

@@ -9,6 +9,7 @@
 #include <openssl/rand.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <msgpack.hpp>
 #include <stdexcept>
@@ -139,6 +140,18 @@ proof make_proof(const std::string& secret, role who, const nonce& verifier_nonc
 }
 
 bool proof_equal(const proof& a, const proof& b) { return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0; }
+
+std::vector<char> frame(frame_type type, const std::vector<char>& body) {
+  const uint32_t n = static_cast<uint32_t>(body.size() + 1);
+  std::vector<char> out(frame_head_bytes + body.size());
+  out[0] = static_cast<char>(n >> 24);
+  out[1] = static_cast<char>(n >> 16);
+  out[2] = static_cast<char>(n >> 8);
+  out[3] = static_cast<char>(n);
+  out[4] = static_cast<char>(type);
+  if (!body.empty()) std::memcpy(out.data() + frame_head_bytes, body.data(), body.size());
+  return out;
+}
 
 std::vector<char> encode(const hello& m) {
   std::vector<char> out;

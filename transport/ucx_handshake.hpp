@@ -1,5 +1,8 @@
-// The link handshake of ucx_node: four messages over the socket-address
-// endpoint, authenticating both ends with the cluster secret.
+// The link handshake of ucx_node: four messages over a plain TCP connection
+// to the node's listener, authenticating both ends with the cluster secret,
+// then exchanging UCX worker addresses. Each message is a frame: a 4-byte
+// big-endian length (of type and body), a type byte (the message's number
+// below, 1..4) and the body.
 //
 //   client → server  hello      {proto, client link id, client token, client name, boot id, nonce Nc}
 //   server → client  challenge  {server link id, server token, server name, boot id, nonce Ns,
@@ -12,9 +15,11 @@
 // impostor (who could otherwise relay it to a real server). The role label
 // keeps a server proof from passing as a client proof. Link ids and tokens
 // name the receiver's link in every later message header; a token is random
-// so a connection cannot claim another's link. The worker address (empty
-// when the sender does not offer shared memory) lets the peer open the
-// shared-memory endpoint; boot ids tell whether both run on one host.
+// so a connection cannot claim another's link. UCX endpoints are opened only
+// after the handshake, from the worker addresses it exchanged: nothing an
+// unauthenticated peer sends reaches UCX's connection code (UCX 1.13's
+// socket-address listener aborts the process on a malformed connection
+// header). Boot ids tell whether both run on one host (shared memory).
 // Bodies are msgpack arrays decoded under tight limits.
 #pragma once
 
@@ -26,7 +31,7 @@
 namespace troupe::ucx_handshake {
 
 /// Version of this handshake; a peer speaking another is refused.
-inline constexpr uint32_t protocol = 1;
+inline constexpr uint32_t protocol = 2;
 /// Longest handshake message accepted (names, boot id, a worker address).
 inline constexpr size_t max_message_bytes = 16384;
 /// Longest node name.
@@ -34,6 +39,13 @@ inline constexpr size_t max_name_bytes = 255;
 
 using nonce = std::array<uint8_t, 32>;
 using proof = std::array<uint8_t, 32>;
+
+/// Frame types on the handshake connection.
+enum frame_type : uint8_t { frame_hello = 1, frame_challenge = 2, frame_auth = 3, frame_accept = 4 };
+/// Bytes before a frame's body: length (4) and type (1).
+inline constexpr size_t frame_head_bytes = 5;
+/// A frame: head then body.
+std::vector<char> frame(frame_type type, const std::vector<char>& body);
 
 /// Who computes a proof.
 enum class role { client, server };

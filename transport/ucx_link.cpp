@@ -1,11 +1,10 @@
-// Links of ucx_node: opening them (both sides of the handshake in
-// ucx_handshake.hpp), receiving envelopes in order, taking links down.
-// Every message after hello names its link and token in the header, so a
-// message is attributed to an authenticated link whichever endpoint carried
-// it (the socket-address one or the shared-memory one); hello itself is
-// attributed by its reply endpoint, which is the server's endpoint of that
-// connection. UCX callbacks only read, send and change link state; creating
-// and closing endpoints waits for defer().
+// Links of ucx_node: the steps of the handshake (ucx_handshake.hpp; its
+// sockets are in ucx_handshake_io.cpp), opening the endpoints to the peer's
+// worker address, the active-message handlers, taking links down. Every
+// active message names its link and token in the header, so it is
+// attributed to an authenticated link whichever endpoint carried it. UCX
+// callbacks only read, send and change link state; closing endpoints waits
+// for defer().
 #include <arpa/inet.h>
 
 #include <cstring>
@@ -19,21 +18,6 @@ namespace hs = ucx_handshake;
 using impl = ucx_node::impl;
 
 namespace {
-
-std::string address_text(const sockaddr_storage& sa) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  uint16_t port = 0;
-  if (sa.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&sa);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    port = ntohs(in->sin_port);
-  } else if (sa.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&sa);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    port = ntohs(in6->sin6_port);
-  }
-  return std::string(host) + ":" + std::to_string(port);
-}
 
 void on_ep_error(void* arg, ucp_ep_h, ucs_status_t status) {
   auto* l = static_cast<link*>(arg);
@@ -54,148 +38,87 @@ ucp_ep_params_t peer_mode_params(link* l) {
   return p;
 }
 
-bool rendezvous(const ucp_am_recv_param_t* param) { return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0; }
-// ---- handshake steps (all inside UCX callbacks) ----
+}  // namespace
 
-void server_hello(impl* self, link* l, const void* data, size_t length) {
+// ---- handshake steps (one per frame, on the progress thread) ----
+
+void impl::server_hello(link* l, const char* data, size_t length) {
   hs::hello m;
   const std::string why = hs::decode(data, length, m);
-  if (!why.empty()) return self->fail_link(l, "bad hello: " + why, link_end::refused);
-  l->peer_link = m.link;  // known before any refusal, so a refusal can say goodbye
+  if (!why.empty()) return fail_link(l, "bad hello: " + why, link_end::refused);
+  l->peer_link = m.link;
   l->peer_token = m.token;
-  if (!self->claim_name(l, m.name)) return;
+  if (!claim_name(l, m.name)) return;
   l->peer_nonce = m.n;
-  l->same_host = m.boot_id == self->boot_id_;
+  l->same_host = m.boot_id == boot_id_;
   hs::challenge c;
   c.link = l->id;
   c.token = l->my_token;
-  c.name = self->opt_.name;
-  c.boot_id = self->boot_id_;
+  c.name = opt_.name;
+  c.boot_id = boot_id_;
   c.n = l->my_nonce;
-  c.p = hs::make_proof(self->opt_.secret, hs::role::server, m.n, l->my_nonce, m.name, self->opt_.name);
+  c.p = hs::make_proof(opt_.secret, hs::role::server, m.n, l->my_nonce, m.name, opt_.name);
   l->state = link_state::awaiting_auth;
-  self->send_am(l->ep, am_challenge, l->header_to_peer(), hs::encode(c));
+  send_frame(l, hs::frame_challenge, hs::encode(c));
 }
 
-void client_challenge(impl* self, link* l, const void* data, size_t length) {
+void impl::client_challenge(link* l, const char* data, size_t length) {
   hs::challenge c;
   const std::string why = hs::decode(data, length, c);
-  if (!why.empty()) return self->fail_link(l, "bad challenge: " + why, link_end::refused);
-  l->peer_link = c.link;  // known before any refusal, so a refusal can say goodbye
+  if (!why.empty()) return fail_link(l, "bad challenge: " + why, link_end::refused);
+  l->peer_link = c.link;
   l->peer_token = c.token;
-  const hs::proof expected =
-      hs::make_proof(self->opt_.secret, hs::role::server, l->my_nonce, c.n, self->opt_.name, c.name);
+  const hs::proof expected = hs::make_proof(opt_.secret, hs::role::server, l->my_nonce, c.n, opt_.name, c.name);
   if (!hs::proof_equal(expected, c.p)) {
-    ++self->c_.auth_failures;
-    return self->fail_link(l, "node '" + c.name + "' failed to prove the cluster secret (do the secrets differ?)",
-                           link_end::refused);
+    ++c_.auth_failures;
+    return fail_link(l, "node '" + c.name + "' failed to prove the cluster secret (do the secrets differ?)",
+                     link_end::refused);
   }
-  if (!self->claim_name(l, c.name)) return;
+  if (!claim_name(l, c.name)) return;
   l->peer_nonce = c.n;
-  l->same_host = c.boot_id == self->boot_id_;
+  l->same_host = c.boot_id == boot_id_;
   hs::auth a;
-  a.p = hs::make_proof(self->opt_.secret, hs::role::client, c.n, l->my_nonce, self->opt_.name, c.name);
-  a.worker_address = self->worker_address_;
+  a.p = hs::make_proof(opt_.secret, hs::role::client, c.n, l->my_nonce, opt_.name, c.name);
+  a.worker_address = worker_address_;
   l->state = link_state::awaiting_accept;
-  self->send_am(l->ep, am_auth, l->header_to_peer(), hs::encode(a));
+  send_frame(l, hs::frame_auth, hs::encode(a));
 }
 
-void server_auth(impl* self, link* l, const void* data, size_t length) {
+void impl::server_auth(link* l, const char* data, size_t length) {
   hs::auth a;
   const std::string why = hs::decode(data, length, a);
-  if (!why.empty()) return self->fail_link(l, "bad auth: " + why, link_end::refused);
+  if (!why.empty()) return fail_link(l, "bad auth: " + why, link_end::refused);
   const hs::proof expected =
-      hs::make_proof(self->opt_.secret, hs::role::client, l->my_nonce, l->peer_nonce, l->peer_name, self->opt_.name);
+      hs::make_proof(opt_.secret, hs::role::client, l->my_nonce, l->peer_nonce, l->peer_name, opt_.name);
   if (!hs::proof_equal(expected, a.p)) {
-    ++self->c_.auth_failures;
-    return self->fail_link(l, "node '" + l->peer_name + "' failed to prove the cluster secret (do the secrets differ?)",
-                           link_end::refused);
+    ++c_.auth_failures;
+    return fail_link(l, "node '" + l->peer_name + "' failed to prove the cluster secret (do the secrets differ?)",
+                     link_end::refused);
   }
+  if (a.worker_address.empty()) return fail_link(l, "auth carries no worker address", link_end::refused);
   l->peer_address = std::move(a.worker_address);
-  // Our envelopes may overtake the accept (they may take the other
-  // endpoint); the client, which has verified us already, holds them until
-  // the accept arrives.
-  const uint32_t id = l->id;
-  self->defer([self, id] {
-    link* l = self->find(id);
-    if (l == nullptr || l->state != link_state::awaiting_auth) return;
-    self->open_data_endpoint(l);
-    hs::accept m;
-    m.worker_address = self->worker_address_;
-    self->send_am(l->ep, am_accept, l->header_to_peer(), hs::encode(m));
-    self->bring_up(l);
-  });
+  if (!open_endpoints(l)) return;
+  // Our envelopes may overtake the accept (they travel on UCX); the client,
+  // which has verified us already, holds them until the accept arrives.
+  hs::accept m;
+  m.worker_address = worker_address_;
+  l->close_after_flush = true;
+  send_frame(l, hs::frame_accept, hs::encode(m));
+  if (l->state != link_state::closed) bring_up(l);
 }
 
-void client_accept(impl* self, link* l, const void* data, size_t length) {
+void impl::client_accept(link* l, const char* data, size_t length) {
   hs::accept m;
   const std::string why = hs::decode(data, length, m);
-  if (!why.empty()) return self->fail_link(l, "bad accept: " + why, link_end::refused);
+  if (!why.empty()) return fail_link(l, "bad accept: " + why, link_end::refused);
+  if (m.worker_address.empty()) return fail_link(l, "accept carries no worker address", link_end::refused);
   l->peer_address = std::move(m.worker_address);
-  // Up, delivering what the server sent ahead of the accept. Sends from
-  // link_up are queued commands, which run after the deferred step below has
-  // opened the shared-memory endpoint.
-  self->bring_up(l);
-  const uint32_t id = l->id;
-  self->defer([self, id] {
-    link* l = self->find(id);
-    if (l != nullptr && l->state == link_state::up) self->open_data_endpoint(l);
-  });
+  close_socket(l);
+  if (!open_endpoints(l)) return;
+  bring_up(l);  // delivers what the server sent ahead of the accept
 }
 
-// Runs one handshake step for the link the message is for; anything else is dropped.
-template <class Step>
-ucs_status_t handshake(impl* self, link* l, const void* data, size_t length, const ucp_am_recv_param_t* param,
-                       const char* what, Step step) {
-  if (l == nullptr) {
-    ++self->c_.dropped_unauthenticated;
-    transport_log()->warn("node {}: dropped a {} that belongs to no link in that handshake step", self->opt_.name,
-                          what);
-    return UCS_OK;
-  }
-  if (rendezvous(param)) {  // megabytes claimed before authenticating: refuse unfetched
-    self->fail_link(l, std::string(what) + " of " + std::to_string(length) + " bytes is too large", link_end::refused);
-    return UCS_OK;
-  }
-  try {
-    step(self, l, data, length);
-  } catch (const std::exception& e) {
-    self->fail_link(l, std::string(what) + ": " + e.what(), link_end::refused);
-  }
-  return UCS_OK;
-}
-
-ucs_status_t on_hello(void* arg, const void*, size_t, void* data, size_t length, const ucp_am_recv_param_t* param) {
-  auto* self = static_cast<impl*>(arg);
-  link* l = nullptr;
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && param->reply_ep != nullptr) {
-    auto it = self->by_ep_.find(param->reply_ep);
-    if (it != self->by_ep_.end()) l = self->find(it->second);
-  }
-  if (l != nullptr && l->state != link_state::awaiting_hello) l = nullptr;
-  return handshake(self, l, data, length, param, "hello", server_hello);
-}
-
-ucs_status_t on_challenge(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                          const ucp_am_recv_param_t* param) {
-  auto* self = static_cast<impl*>(arg);
-  return handshake(self, self->authentic(header, header_length, {link_state::connecting}), data, length, param,
-                   "challenge", client_challenge);
-}
-
-ucs_status_t on_auth(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                     const ucp_am_recv_param_t* param) {
-  auto* self = static_cast<impl*>(arg);
-  return handshake(self, self->authentic(header, header_length, {link_state::awaiting_auth}), data, length, param,
-                   "auth", server_auth);
-}
-
-ucs_status_t on_accept(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                       const ucp_am_recv_param_t* param) {
-  auto* self = static_cast<impl*>(arg);
-  return handshake(self, self->authentic(header, header_length, {link_state::awaiting_accept}), data, length, param,
-                   "accept", client_accept);
-}
+namespace {
 
 ucs_status_t on_envelope_am(void* arg, const void* header, size_t header_length, void* data, size_t length,
                             const ucp_am_recv_param_t* param) {
@@ -206,8 +129,10 @@ ucs_status_t on_envelope_am(void* arg, const void* header, size_t header_length,
   link* l = self->authentic(header, header_length, {link_state::awaiting_accept, link_state::up}, &h);
   if (l == nullptr) {
     ++self->c_.dropped_unauthenticated;
-    transport_log()->warn("node {}: dropped an envelope of {} bytes not from an authenticated link", self->opt_.name,
-                          length);
+    // While this node shuts down its links are gone and peers may still be talking: not worth a warning.
+    transport_log()->log(self->shutting_down_ ? spdlog::level::debug : spdlog::level::warn,
+                         "node {}: dropped an envelope of {} bytes not from an authenticated link", self->opt_.name,
+                         length);
     return UCS_OK;
   }
   self->on_envelope(l, h.seq, data, length, param);
@@ -226,12 +151,16 @@ ucs_status_t on_heartbeat(void* arg, const void* header, size_t header_length, v
 
 ucs_status_t on_bye(void* arg, const void* header, size_t header_length, void*, size_t, const ucp_am_recv_param_t*) {
   auto* self = static_cast<impl*>(arg);
-  if (link* l = self->authentic(
-          header, header_length,
-          {link_state::connecting, link_state::awaiting_auth, link_state::awaiting_accept, link_state::up}))
-    self->fail_link(l, l->state == link_state::up ? "peer closed the link" : "peer refused the link", link_end::left);
-  else
+  am_header h;
+  link* l = self->authentic(header, header_length, {link_state::awaiting_accept, link_state::up}, &h);
+  if (l == nullptr) {
     ++self->c_.dropped_unauthenticated;
+  } else if (l->state == link_state::up) {
+    l->bye_after = h.seq;  // down once the envelopes sent before it are delivered
+    self->settle_bye(l);
+  } else {
+    self->fail_link(l, "peer closed the link before its accept arrived", link_end::left);
+  }
   return UCS_OK;
 }
 
@@ -239,8 +168,9 @@ ucs_status_t on_bye(void* arg, const void* header, size_t header_length, void*, 
 
 void impl::register_am_handlers() {
   const std::pair<unsigned, ucp_am_recv_callback_t> table[] = {
-      {am_hello, on_hello},          {am_challenge, on_challenge}, {am_auth, on_auth}, {am_accept, on_accept},
-      {am_envelope, on_envelope_am}, {am_heartbeat, on_heartbeat}, {am_bye, on_bye},
+      {am_envelope, on_envelope_am},
+      {am_heartbeat, on_heartbeat},
+      {am_bye, on_bye},
   };
   for (const auto& [id, cb] : table) {
     ucp_am_handler_param_t p{};
@@ -313,70 +243,30 @@ bool impl::claim_name(link* l, const std::string& name) {
 
 // ---- opening ----
 
-void impl::start_client(const sockaddr_storage& addr, socklen_t len, std::string where, std::string expected_name) {
-  if (shutting_down_) return;
-  link* l = new_link(true, std::move(where));
-  if (l == nullptr) return;
-  l->expected_name = std::move(expected_name);
+bool impl::open_endpoints(link* l) {
   ucp_ep_params_t p = peer_mode_params(l);
-  p.field_mask |= UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR;
-  p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-  p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-  p.sockaddr.addrlen = len;
-  const ucs_status_t st = ucp_ep_create(worker_, &p, &l->ep);
-  if (st != UCS_OK) {
-    l->ep = nullptr;
-    return fail_link(l, std::string("ucp_ep_create: ") + ucs_status_string(st), link_end::dead);
-  }
-  hs::hello m;
-  m.link = l->id;
-  m.token = l->my_token;
-  m.name = opt_.name;
-  m.boot_id = boot_id_;
-  m.n = l->my_nonce;
-  send_am(l->ep, am_hello, am_header{}, hs::encode(m), UCP_AM_SEND_FLAG_REPLY);
-  transport_log()->debug("node {}: connecting to {}", opt_.name, l->where);
-}
-
-void impl::accept_connection(ucp_conn_request_h request) {
-  if (shutting_down_) {
-    ucp_listener_reject(listener_, request);
-    return;
-  }
-  ucp_conn_request_attr_t a{};
-  a.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
-  std::string where = ucp_conn_request_query(request, &a) == UCS_OK ? address_text(a.client_address) : "?";
-  link* l = new_link(false, std::move(where));
-  if (l == nullptr) {
-    ucp_listener_reject(listener_, request);
-    return;
-  }
-  ucp_ep_params_t p = peer_mode_params(l);
-  p.field_mask |= UCP_EP_PARAM_FIELD_CONN_REQUEST;
-  p.conn_request = request;
-  const ucs_status_t st = ucp_ep_create(worker_, &p, &l->ep);
-  if (st != UCS_OK) {
-    l->ep = nullptr;
-    return fail_link(l, std::string("ucp_ep_create from a connection request: ") + ucs_status_string(st),
-                     link_end::dead);
-  }
-  by_ep_[l->ep] = l->id;
-}
-
-void impl::open_data_endpoint(link* l) {
-  if (!opt_.shared_memory || !l->same_host || l->peer_address.empty()) return;
-  ucp_ep_params_t p{};
-  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  p.field_mask |= UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
   p.address = reinterpret_cast<const ucp_address_t*>(l->peer_address.data());
-  p.err_mode = UCP_ERR_HANDLING_MODE_NONE;  // the only mode in which UCX 1.13 uses shared memory
-  const ucs_status_t st = ucp_ep_create(worker_, &p, &l->data_ep);
+  const ucs_status_t st = ucp_ep_create(worker_, &p, &l->ep);
   if (st != UCS_OK) {
+    l->ep = nullptr;
+    fail_link(l, std::string("ucp_ep_create to the peer's worker address: ") + ucs_status_string(st), link_end::dead);
+    return false;
+  }
+  if (!opt_.shared_memory || !l->same_host) return true;
+  ucp_ep_params_t q{};
+  q.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  q.address = p.address;
+  q.err_mode = UCP_ERR_HANDLING_MODE_NONE;  // the only mode in which UCX 1.13 uses shared memory
+  const ucs_status_t sq = ucp_ep_create(worker_, &q, &l->data_ep);
+  if (sq != UCS_OK) {
     l->data_ep = nullptr;
     transport_log()->warn("node {}: no shared-memory endpoint to {} ({}); envelopes stay on tcp", opt_.name, l->label(),
-                          ucs_status_string(st));
-    return;
+                          ucs_status_string(sq));
+    return true;
   }
   ++c_.shared_memory_endpoints;
+  return true;
 }
 
 void impl::bring_up(link* l) {
@@ -426,10 +316,11 @@ void impl::fail_link(link* l, const std::string& reason, link_end how) {
     ++c_.handshakes_failed;
     transport_log()->warn("node {}: refused link with {}: {}", opt_.name, l->label(), reason);
   }
-  // A refused peer hears why at once instead of through an endpoint timeout;
-  // the flushed close below sends the goodbye before it disconnects.
+  // A refused peer hears it at once: in the handshake its connection closes;
+  // later the goodbye goes ahead of the flushed close below.
+  close_socket(l);
   if (how == link_end::refused && l->ep != nullptr && l->peer_token != 0)
-    send_routed(l, am_bye, l->header_to_peer(), {}, nullptr);
+    send_routed(l, am_bye, l->header_to_peer(l->next_seq), {}, nullptr);
   const uint32_t id = l->id;
   const bool force = how == link_end::dead;
   defer([this, id, force] { close_endpoints(id, force); });
@@ -440,7 +331,6 @@ void impl::close_endpoints(uint32_t id, bool force) {
   if (it == links_.end()) return;
   std::unique_ptr<link> l = std::move(it->second);
   links_.erase(it);
-  if (l->ep != nullptr) by_ep_.erase(l->ep);
   if (l->state != link_state::closed) {  // shutdown: no callbacks, just forget the link
     auto n = by_name_.find(l->peer_name);
     if (n != by_name_.end() && n->second == l->id) by_name_.erase(n);

@@ -110,11 +110,6 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
     throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': handshake_timeout must be positive");
   boot_id_ = ucx_handshake::local_boot_id();
 
-  // A node restarted on its fixed port (systemd, Kubernetes) must not wait
-  // ~60 s for the old connections' TIME_WAIT: SO_REUSEADDR on the listener.
-  // It is a UCT tcp_sockcm setting that ucp_config_modify rejects, so it goes
-  // in through UCX's environment (an explicit user setting wins).
-  ::setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
   ucp_config_t* config = nullptr;
   TROUPE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
   ucp_params_t params{};
@@ -135,37 +130,18 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
     if (wake_fd_ < 0) throw error(errc::errc_io, std::string("ucx_node: eventfd: ") + std::strerror(errno));
     register_am_handlers();
 
-    if (opt_.shared_memory) {
-      ucp_address_t* addr = nullptr;
-      size_t len = 0;
-      TROUPE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
-      worker_address_.assign(reinterpret_cast<const char*>(addr), reinterpret_cast<const char*>(addr) + len);
-      ucp_worker_release_address(worker_, addr);
-    }
-
-    sockaddr_storage sa{};
-    socklen_t sa_len = 0;
-    std::string why;
-    if (resolve(opt_.host, opt_.port, true, sa, sa_len, &why) != errc::ok)
-      throw error(errc::errc_invalid_argument, "ucx_node '" + opt_.name + "': listener " + why);
-    ucp_listener_params_t lp{};
-    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
-    lp.sockaddr.addrlen = sa_len;
-    lp.conn_handler.cb = [](ucp_conn_request_h request, void* arg) {
-      auto* self = static_cast<impl*>(arg);
-      self->defer([self, request] { self->accept_connection(request); });
-    };
-    lp.conn_handler.arg = this;
-    TROUPE_UCS_CHECK(ucp_listener_create(worker_, &lp, &listener_),
-                     "ucp_listener_create on " + opt_.host + ":" + std::to_string(opt_.port));
-    ucp_listener_attr_t la{};
-    la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-    TROUPE_UCS_CHECK(ucp_listener_query(listener_, &la), "ucp_listener_query");
-    port_ = ntohs(la.sockaddr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&la.sockaddr)->sin6_port
-                                                    : reinterpret_cast<sockaddr_in*>(&la.sockaddr)->sin_port);
+    ucp_address_t* addr = nullptr;
+    size_t len = 0;
+    TROUPE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
+    worker_address_.assign(reinterpret_cast<const char*>(addr), reinterpret_cast<const char*>(addr) + len);
+    ucp_worker_release_address(worker_, addr);
+    if (worker_address_.size() > ucx_handshake::max_message_bytes - 64)
+      throw error(errc::errc_io, "ucx_node '" + opt_.name + "': the UCX worker address has " +
+                                     std::to_string(len) + " bytes, more than a handshake message holds " +
+                                     "(restrict UCX_NET_DEVICES / UCX_TLS)");
+    open_listener();
   } catch (...) {
-    if (listener_ != nullptr) ucp_listener_destroy(listener_);
+    if (listen_fd_ >= 0) close(listen_fd_);
     if (wake_fd_ >= 0) close(wake_fd_);
     if (worker_ != nullptr) ucp_worker_destroy(worker_);
     ucp_cleanup(context_);
@@ -196,7 +172,7 @@ void ucx_node::impl::shutdown() {
   };
   drain(std::chrono::milliseconds(1000));
   for (auto& [id, l] : links_)
-    if (l->state == link_state::up) send_routed(l.get(), am_bye, l->header_to_peer(), {}, nullptr);
+    if (l->state == link_state::up) send_routed(l.get(), am_bye, l->header_to_peer(l->next_seq), {}, nullptr);
   drain(std::chrono::milliseconds(200));
   std::vector<uint32_t> ids;
   for (auto& [id, l] : links_) ids.push_back(id);
@@ -210,7 +186,9 @@ void ucx_node::impl::shutdown() {
   if (!closing_.empty() || outstanding_ > 0)
     transport_log()->warn("node {}: {} endpoints and {} operations still open at shutdown", opt_.name, closing_.size(),
                           outstanding_);
-  ucp_listener_destroy(listener_);
+  for (auto& [id, l] : links_) close_socket(l.get());
+  for (auto& l : closing_) close_socket(l.get());
+  close(listen_fd_);
   ucp_worker_destroy(worker_);
   finished_ = true;
   deferred_.clear();
@@ -308,7 +286,7 @@ void ucx_node::impl::run() {
   progress_id_ = std::this_thread::get_id();
   pthread_setname_np(pthread_self(), "troupe.ucx");  // for top, perf and the benchmarks
   std::unique_lock<std::mutex> ucx(ucx_mu_);
-  pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  std::vector<pollfd> fds;
   const bool busy_poll = opt_.busy_poll.count() > 0;
   clock::time_point busy_until{}, next_tick{};
   for (;;) {
@@ -327,6 +305,7 @@ void ucx_node::impl::run() {
     }
     // Timers have millisecond resolution: while busy-polling, once a millisecond is enough.
     if (!busy || now >= next_tick) {
+      poll_sockets();
       tick(now);
       run_deferred();
       next_tick = now + std::chrono::milliseconds(1);
@@ -353,14 +332,17 @@ void ucx_node::impl::run() {
       sleeping_ = false;
       continue;
     }
+    fds.assign({{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}});
+    socket_pollfds(fds);
     ucx.unlock();
-    const int n = ::poll(fds, 2, st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
+    const int n = ::poll(fds.data(), fds.size(), st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
     ucx.lock();
     sleeping_ = false;
     if (n > 0 && (fds[1].revents & POLLIN) != 0) {
       uint64_t v = 0;
       (void)!read(wake_fd_, &v, sizeof v);
     }
+    if (n > 0) on_socket_events(fds.data() + 2, fds.size() - 2);
   }
   shutdown();
 }

@@ -22,17 +22,23 @@
 //   with HMAC-SHA256 over both nonces and both node names under the cluster
 //   secret, each side proving itself to the other (ucx_handshake.hpp). It
 //   authenticates; it does not encrypt.
-// - The socket-address endpoint (error mode PEER) is the liveness channel:
-//   its error handler reports a killed peer within ~10 ms, and heartbeats on
-//   it find a peer that hangs. On a shared host, envelopes travel over a
-//   second endpoint created from the peer's worker address (error mode NONE),
-//   the only kind UCX 1.13 runs over shared memory. Only envelopes up to
-//   256 KiB take it, forced eager (sysv/posix): a cma rendezvous read from a
-//   peer that dies is fatal to the reader on a NONE endpoint in UCX 1.13.
+// - The handshake runs on a TCP listener of our own, not on UCX's
+//   socket-address listener: UCX 1.13 aborts the process on some malformed
+//   connection headers, so anyone who could reach the port could kill the
+//   node. Only after the proofs do the two nodes exchange UCX worker
+//   addresses and open endpoints to each other (ucx_handshake_io.cpp).
+// - The endpoint in error mode PEER is the liveness channel: its error
+//   handler reports a killed peer within ~10 ms, and heartbeats on it find a
+//   peer that hangs. On a shared host, small envelopes travel over a second
+//   endpoint in error mode NONE, the only kind UCX 1.13 runs over shared
+//   memory. Only envelopes up to 256 KiB take it, forced eager (sysv/posix):
+//   a cma rendezvous read from a peer that dies is fatal to the reader on a
+//   NONE endpoint in UCX 1.13.
 // - Envelopes are active messages; large ones arrive by rendezvous over the
-//   socket-address endpoint and are fetched with ucp_am_recv_data_nbx after
-//   the size check. A sequence number per link keeps the sender's order
-//   across both endpoints and behind envelopes still being fetched.
+//   PEER endpoint and are fetched with ucp_am_recv_data_nbx after the size
+//   check. A sequence number per link keeps the sender's order across both
+//   endpoints and behind envelopes still being fetched; a goodbye carries
+//   the number of envelopes sent before it, so none is lost to it.
 //
 // Handlers run on the progress thread: keep them short (hand the envelope to
 // an actor), never block in them and never destroy the node from one. The
@@ -108,9 +114,9 @@ class ucx_node {
     link_down_handler on_link_down;
   };
 
-  /// Creates the UCX context, worker and listener and starts the progress
-  /// thread; throws troupe::error (errc_invalid_argument for bad options,
-  /// errc_io when UCX fails, e.g. the port is taken).
+  /// Creates the UCX context and worker and the TCP listener and starts the
+  /// progress thread; throws troupe::error (errc_invalid_argument for bad
+  /// options, errc_io when UCX fails or the port cannot be bound).
   ucx_node(ucx_node_options options, handlers h);
   /// Says goodbye to up peers, closes every endpoint, stops the thread.
   ~ucx_node();

@@ -10,7 +10,9 @@
 // returns.
 #pragma once
 
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
 #include <atomic>
@@ -34,18 +36,19 @@ namespace ucx_detail {
 
 using clock = std::chrono::steady_clock;
 
-/// Active message ids; handshake messages first, then link traffic.
+/// Active message ids of link traffic (the handshake runs on TCP before any
+/// UCX endpoint exists; see ucx_handshake.hpp).
 enum am_id : unsigned {
-  am_hello = 1,
-  am_challenge = 2,
-  am_auth = 3,
-  am_accept = 4,
   am_envelope = 5,
   am_heartbeat = 6,
   am_bye = 7,
 };
 
-/// Header of every message after hello: which link of the receiver it is for,
+/// At most this many connections may be in the handshake at once; more are
+/// closed at accept (a flood of idle connections cannot exhaust descriptors).
+inline constexpr size_t max_pending_handshakes = 64;
+
+/// Header of every active message: which link of the receiver it is for,
 /// the token that link gave its peer, and (envelopes only) the sender's
 /// sequence number on that link.
 struct am_header {
@@ -57,7 +60,7 @@ struct am_header {
 
 /// Envelopes up to this size travel over the shared-memory endpoint, forced
 /// eager (sysv/posix fifos only); larger ones go by rendezvous over the
-/// socket-address endpoint. UCX 1.13 would move large ones on the
+/// PEER endpoint. UCX 1.13 would move large ones on the
 /// shared-memory endpoint by cma, and a cma read from a peer that died is a
 /// fatal error (abort) on an endpoint in error mode NONE. Sequence numbers
 /// restore the order across the two endpoints.
@@ -67,7 +70,7 @@ inline constexpr size_t shm_eager_max_bytes = 256u << 10;
 inline constexpr uint64_t max_inbox_span = 1u << 16;
 
 enum class link_state {
-  connecting,       ///< client: hello sent, waiting for the challenge
+  connecting,       ///< client: TCP connecting or hello sent, waiting for the challenge
   awaiting_hello,   ///< server: connection accepted, waiting for hello
   awaiting_auth,    ///< server: challenge sent, waiting for the client's proof
   awaiting_accept,  ///< client: proof sent, waiting for accept
@@ -95,8 +98,12 @@ struct link {
   uint32_t id = 0;
   bool client = false;
   link_state state = link_state::connecting;
-  ucp_ep_h ep = nullptr;       ///< socket-address endpoint (PEER): handshake, heartbeats, liveness
-  ucp_ep_h data_ep = nullptr;  ///< from the peer's worker address (NONE): envelopes on a shared host
+  ucp_ep_h ep = nullptr;       ///< to the peer's worker address, error mode PEER: heartbeats, liveness, envelopes
+  ucp_ep_h data_ep = nullptr;  ///< to the peer's worker address, error mode NONE: small envelopes on a shared host
+  int fd = -1;                 ///< the handshake's TCP connection (closed once the link is up)
+  bool tcp_connected = false;  ///< client: the TCP connect finished
+  bool close_after_flush = false;  ///< server: the accept is queued; close the socket once it is written
+  std::vector<char> in, out;   ///< handshake bytes received (not yet a whole frame) and still to write
   std::string where;           ///< the peer's socket address, for logs
   std::string peer_name;       ///< known after hello / challenge
   std::string expected_name;   ///< client: refuse a peer of another name (empty: any)
@@ -104,10 +111,13 @@ struct link {
   uint64_t my_token = 0, peer_token = 0;
   uint32_t peer_link = 0;
   bool same_host = false;
-  std::vector<char> peer_address;  ///< the peer's worker address (empty: no shared memory offered)
+  std::vector<char> peer_address;  ///< the peer's worker address
   clock::time_point deadline;      ///< end of the handshake
   clock::time_point last_heard;
   uint64_t next_seq = 0;  ///< sequence number of the next envelope this node sends
+  /// The peer said goodbye after sending this many envelopes: the link goes
+  /// down once they are delivered (a large one may still be being fetched).
+  uint64_t bye_after = UINT64_MAX;
   // In-order delivery: inbox[i] holds the peer's envelope inbox_base + i.
   uint64_t inbox_base = 0;
   std::deque<inbox_slot> inbox;
@@ -171,8 +181,25 @@ struct ucx_node::impl {
   // ---- progress thread (ucx_link.cpp, ucx_receive.cpp) ----
   void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
   void start_client(const sockaddr_storage& addr, socklen_t len, std::string where, std::string expected_name);
-  void accept_connection(ucp_conn_request_h request);
   link* new_link(bool client, std::string where);
+
+  // ---- progress thread: the handshake's sockets (ucx_handshake_io.cpp) ----
+  /// Binds and listens on opt_.host:opt_.port (start-up; throws troupe::error).
+  void open_listener();
+  /// Accepts every pending connection as a server link awaiting hello.
+  void accept_connections();
+  /// Appends the listener and every handshake socket to `fds`.
+  void socket_pollfds(std::vector<pollfd>& fds) const;
+  /// Serves the events poll() reported on the entries socket_pollfds added.
+  void on_socket_events(const pollfd* fds, size_t n);
+  /// Serves whatever the sockets have now (a zero-timeout poll).
+  void poll_sockets();
+  /// Queues a frame on the link's socket and writes what the socket takes.
+  void send_frame(link* l, ucx_handshake::frame_type type, const std::vector<char>& body);
+  void on_socket(link* l, short revents);
+  void close_socket(link* l);
+  /// Opens the endpoints to the peer's worker address; false (link failed) when UCX refuses.
+  bool open_endpoints(link* l);
   link* find(uint32_t id);
   /// The link a header names, if its token matches and its state is one of `states`.
   link* authentic(const void* header, size_t length, std::initializer_list<link_state> states,
@@ -183,12 +210,18 @@ struct ucx_node::impl {
   /// endpoint is undefined for a live one, and a flushed close tells the peer.
   void close_endpoints(uint32_t id, bool force);
   void bring_up(link* l);
-  void open_data_endpoint(link* l);
+  /// Handshake steps, one per frame received (ucx_link.cpp).
+  void server_hello(link* l, const char* data, size_t length);
+  void client_challenge(link* l, const char* data, size_t length);
+  void server_auth(link* l, const char* data, size_t length);
+  void client_accept(link* l, const char* data, size_t length);
   bool claim_name(link* l, const std::string& name);
   void on_envelope(link* l, uint64_t seq, void* data, size_t length, const ucp_am_recv_param_t* param);
   void fetched(uint32_t link_id, uint64_t seq, std::unique_ptr<char[]> buf, size_t length, ucs_status_t st);
   bool decode_counted(link* l, const char* data, size_t size, wire_envelope& out);
   void drain_inbox(link* l);
+  /// Takes the link down once everything sent before the peer's goodbye is delivered.
+  void settle_bye(link* l);
   void deliver(link* l, wire_envelope&& e);
   void register_am_handlers();
 
@@ -196,12 +229,12 @@ struct ucx_node::impl {
   ucx_node_options opt_;
   handlers h_;
   std::string boot_id_;
-  std::vector<char> worker_address_;  ///< empty unless shared memory is on
+  std::vector<char> worker_address_;  ///< what peers open their endpoints to
 
   // UCX objects: touched by the progress thread only once it runs.
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
-  ucp_listener_h listener_ = nullptr;
+  int listen_fd_ = -1;  ///< the TCP listener of the handshake
   int worker_fd_ = -1;
   int wake_fd_ = -1;
   uint16_t port_ = 0;
@@ -228,7 +261,6 @@ struct ucx_node::impl {
   std::vector<std::function<void()>> deferred_;
   uint32_t next_link_id_ = 1;
   std::unordered_map<uint32_t, std::unique_ptr<link>> links_;
-  std::unordered_map<ucp_ep_h, uint32_t> by_ep_;       ///< server: socket-address endpoint → link (for hello)
   std::unordered_map<std::string, uint32_t> by_name_;  ///< peer name → link, any state but closed
   std::vector<std::unique_ptr<link>> closing_;
   size_t outstanding_ = 0;  ///< sends and rendezvous receives UCX still holds

@@ -54,7 +54,7 @@ void impl::on_envelope(link* l, uint64_t seq, void* data, size_t length, const u
     ++l->inbox_base;  // the next one, nothing held: straight from UCX's buffer
     wire_envelope e;
     if (decode_counted(l, static_cast<const char*>(data), length, e)) deliver(l, std::move(e));
-    return;
+    return settle_bye(l);
   }
   const size_t at = static_cast<size_t>(seq - l->inbox_base);
   if (l->inbox.size() <= at) l->inbox.resize(at + 1);
@@ -105,6 +105,11 @@ void impl::drain_inbox(link* l) {
     ++l->inbox_base;
     if (s.valid) deliver(l, std::move(s.envelope));
   }
+  settle_bye(l);
+}
+
+void impl::settle_bye(link* l) {
+  if (l->state == link_state::up && l->inbox_base >= l->bye_after) fail_link(l, "peer closed the link", link_end::left);
 }
 
 bool impl::decode_counted(link* l, const char* data, size_t size, wire_envelope& out) {
