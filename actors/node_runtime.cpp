@@ -117,7 +117,7 @@ void node_runtime::state::start_links() {
   try {
     net = std::make_unique<node_system>(*sys, std::move(o));
   } catch (const error& e) {
-    throw error(e.code(), where + e.what());  // names the node, and the address when listening failed
+    throw error(e.code(), where + e.what());  // transport errors name the node (and the address, for the listener)
   }
   node_links_options lo;
   lo.self = me.name;

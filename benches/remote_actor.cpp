@@ -9,7 +9,9 @@
 // in control messages: the server registers a 64 MiB region with the ucx
 // transfer_engine, the client gets its memory_descriptor by a remote-actor
 // request and times reads and writes of all 64 MiB, from the call to the
-// engine's completion callback. The same 64 MiB as one troupe actor message
+// engine's completion callback. Over shared memory the region is a
+// shared_host_buffer, which the client maps (one memcpy); a second region in
+// plain heap memory shows the cma path for reference. The same 64 MiB as one troupe actor message
 // (the path the design does not use for tensors) is timed with --message-blob.
 //
 // Why it is built this way: the server is a second process of this binary
@@ -60,6 +62,7 @@
 #include <vector>
 
 #include "transport/node_system.hpp"
+#include "transport/shared_host_memory.hpp"
 #include "transport/transfer_engine_ucx.hpp"
 
 using namespace troupe;
@@ -239,18 +242,23 @@ int run_server(const settings& s, int ports_fd, int life_fd) {
   auto caf_port = c.sys->middleman().publish(e, 0, "127.0.0.1");
   if (!caf_port) fail("caf publish: " + c.sys->render(caf_port.error()));
   std::vector<char> memory_tcp(s.bytes, 1), memory_shm(s.bytes, 1);
+  shared_host_buffer memory_mapped(s.bytes);  // what a same-host user allocates for regions peers map
+  std::memset(memory_mapped.data(), 1, s.bytes);
   troupe_node tcp("srv-tcp", false, s), shm("srv-shm", true, s);
-  auto serve = [](troupe_node& n, std::vector<char>& memory) {
-    auto ea = n.sys->spawn(echo);
-    n.kept.push_back(caf::actor_cast<caf::actor>(ea));
-    n.net->publish("echo", ea);
-    const memory_descriptor d = n.te->register_memory(memory.data(), memory.size());
+  auto publish_region = [](troupe_node& n, const std::string& name, void* memory, size_t bytes) {
+    const memory_descriptor d = n.te->register_memory(memory, bytes);
     auto ra = n.sys->spawn([d]() -> region_actor::behavior_type { return {[d](region_atom) { return d; }}; });
     n.kept.push_back(caf::actor_cast<caf::actor>(ra));
-    n.net->publish("region", ra);
+    n.net->publish(name, ra);
   };
-  serve(tcp, memory_tcp);
-  serve(shm, memory_shm);
+  for (troupe_node* n : {&tcp, &shm}) {
+    auto ea = n->sys->spawn(echo);
+    n->kept.push_back(caf::actor_cast<caf::actor>(ea));
+    n->net->publish("echo", ea);
+  }
+  publish_region(tcp, "region", memory_tcp.data(), s.bytes);
+  publish_region(shm, "region", memory_mapped.data(), s.bytes);  // mapped by the client: one memcpy
+  publish_region(shm, "region-heap", memory_shm.data(), s.bytes);  // plain heap memory: a cma copy
   raw_tcp_server raw(memory_tcp.data(), memory_tcp.size());
   // The client reads memory_shm with process_vm_readv (the cma ceiling) at this address.
   const std::string line = std::to_string(*caf_port) + " " + std::to_string(tcp.net->port()) + " " +
@@ -493,6 +501,7 @@ struct system_result {
   std::vector<double> rtt_us;
   process_cost rtt_cost;  ///< both processes, during the timed round trips
   std::vector<double> read_gbps, write_gbps, message_gbps;
+  std::vector<double> heap_read_gbps, heap_write_gbps;  ///< shm: the region in heap memory (cma)
 };
 
 int run_client(const settings& s, const std::string& json_path, const std::string& png_path, char* self_path) {
@@ -511,24 +520,28 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
   struct troupe_peer {
     troupe_node* node;
     echo_actor echo;
-    memory_descriptor region;
+    memory_descriptor region, heap_region;  ///< heap_region: shm only
   };
   auto attach = [](troupe_node& n, uint16_t port, const std::string& server_name) {
     if (auto err = n.net->connect("127.0.0.1", port, server_name)) fail("connect: " + n.sys->render(err));
     auto e = n.net->remote_actor<echo_actor>(server_name, "echo");
     if (!e) fail("remote_actor echo: " + n.sys->render(e.error()));
-    auto r = n.net->remote_actor<region_actor>(server_name, "region");
-    if (!r) fail("remote_actor region: " + n.sys->render(r.error()));
-    troupe_peer p{&n, *e, {}};
+    troupe_peer p{&n, *e, {}, {}};
     caf::scoped_actor self{*n.sys};
-    self->request(*r, 5s, region_atom::value)
-        .receive([&](memory_descriptor& d) { p.region = std::move(d); },
-                 [&](caf::error& err) { fail("region: " + n.sys->render(err)); });
+    for (const char* name : {"region", "region-heap"}) {
+      auto r = n.net->remote_actor<region_actor>(server_name, name);
+      if (!r) continue;  // tcp publishes no heap region
+      self->request(*r, 5s, region_atom::value)
+          .receive([&](memory_descriptor& d) { (std::string(name) == "region" ? p.region : p.heap_region) = std::move(d); },
+                   [&](caf::error& err) { fail(std::string(name) + ": " + n.sys->render(err)); });
+    }
     return p;
   };
   troupe_peer ptcp = attach(tcp, server.tcp_port, "srv-tcp");
   troupe_peer pshm = attach(shm, server.shm_port, "srv-shm");
-  if (ptcp.region.bytes < s.bytes || pshm.region.bytes < s.bytes) fail("the server's regions are too small");
+  if (ptcp.region.bytes < s.bytes || pshm.region.bytes < s.bytes || pshm.heap_region.bytes < s.bytes)
+    fail("the server's regions are too small");
+  if (pshm.region.mapped_fd < 0) fail("the server's shm region is not in a shared buffer");
 
   system_result rc, rt, rs;
   rc.name = "CAF BASP";
@@ -557,11 +570,11 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
   // 64 MiB: CAF as a message; troupe on the data plane (and as a message, for reference).
   std::vector<char> blob(s.bytes, 7), local(s.bytes, 3);
   const double gb = static_cast<double>(s.bytes) / 1e9;
-  auto te_read = [&](troupe_peer& p) {
-    return gb / engine_seconds([&](transfer_done cb) { p.node->te->read(p.region, 0, local.data(), s.bytes, cb); });
+  auto te_read = [&](troupe_peer& p, const memory_descriptor& d) {
+    return gb / engine_seconds([&](transfer_done cb) { p.node->te->read(d, 0, local.data(), s.bytes, cb); });
   };
-  auto te_write = [&](troupe_peer& p) {
-    return gb / engine_seconds([&](transfer_done cb) { p.node->te->write(p.region, 0, local.data(), s.bytes, cb); });
+  auto te_write = [&](troupe_peer& p, const memory_descriptor& d) {
+    return gb / engine_seconds([&](transfer_done cb) { p.node->te->write(d, 0, local.data(), s.bytes, cb); });
   };
   std::vector<double> memcpy_gbps, cma_gbps, raw_tcp_gbps;
   const int raw_fd = s.big_reps > 0 ? raw_tcp_connect(server.raw_port) : -1;
@@ -571,10 +584,17 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
     if (keep) rc.message_gbps.push_back(caf_gbps);
     for (auto* p : {&ptcp, &pshm}) {
       system_result& x = p == &ptcp ? rt : rs;
-      const double rd = te_read(*p), wr = te_write(*p);
+      const double rd = te_read(*p, p->region), wr = te_write(*p, p->region);
       if (keep) {
         x.read_gbps.push_back(rd);
         x.write_gbps.push_back(wr);
+      }
+      if (p == &pshm) {
+        const double hr = te_read(*p, p->heap_region), hw = te_write(*p, p->heap_region);
+        if (keep) {
+          x.heap_read_gbps.push_back(hr);
+          x.heap_write_gbps.push_back(hw);
+        }
       }
       if (s.message_blob) {
         const double m = gb / blob_seconds(*p->node->sys, p->echo, blob);
@@ -642,6 +662,10 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
                   rdt >= 3 * caf_bw, rds >= 8, false});
   rows.push_back({"64 MiB GB/s: troupe engine write", caf_bw, wrt, wrs, "tcp >= 3 x CAF, shm >= 8 GB/s",
                   wrt >= 3 * caf_bw, wrs >= 8, false});
+  rows.push_back({"  shm read, heap region (cma)", caf_bw, rdt, median(rs.heap_read_gbps), "(reference)", -1, -1,
+                  false});
+  rows.push_back({"  shm write, heap region (cma)", caf_bw, wrt, median(rs.heap_write_gbps), "(reference)",
+                  -1, -1, false});
   if (s.message_blob)
     rows.push_back({"64 MiB GB/s: troupe actor message", caf_bw, median(rt.message_gbps), median(rs.message_gbps),
                     "(reference)", -1, -1, false});
@@ -719,6 +743,8 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
         {"rtt_context_switches_per_round_trip", x->rtt_cost.switches / std::max<size_t>(x->rtt_us.size(), 1)},
         {"read_gbps", x->read_gbps},
         {"write_gbps", x->write_gbps},
+        {"heap_read_gbps", x->heap_read_gbps},
+        {"heap_write_gbps", x->heap_write_gbps},
         {"message_gbps", x->message_gbps}};
   std::ofstream(json_path) << j.dump(2) << "\n";
   std::printf("wrote %s\n", json_path.c_str());

@@ -55,13 +55,20 @@ struct memory_descriptor {
   uint64_t address = 0;    ///< the owner's address of the region's first byte (RMA, IPC); 0 where unused
   uint64_t token = 0;      ///< random capability the owner checks on every request it serves (0 for local)
   engine_address owner;    ///< the engine that registered it
+  /// ucx, region inside a shared_host_buffer (shared_host_memory.hpp): the
+  /// owner's descriptor number of its memfd (-1: none), the memfd's inode and
+  /// the region's offset in it. A peer on the same host maps it and copies
+  /// directly.
+  int32_t mapped_fd = -1;
+  uint64_t mapped_inode = 0;
+  uint64_t mapped_offset = 0;
 };
 
 /// Schema of memory_descriptor (CAF serialization and the wire codec).
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, memory_descriptor& x) {
   return f(caf::meta::type_name("memory_descriptor"), x.backend, x.region, x.bytes, x.remote_key, x.address, x.token,
-           x.owner);
+           x.owner, x.mapped_fd, x.mapped_inode, x.mapped_offset);
 }
 
 /// Completion of one transfer: ok and the bytes moved, or the error and the
@@ -100,7 +107,8 @@ struct transfer_engine_stats {
   uint64_t timed_out = 0;      ///< done with timeout
   uint64_t peer_lost = 0;      ///< done because the connection went down
   uint64_t cancelled = 0;      ///< done because the engine shut down
-  uint64_t bytes_shared_memory = 0;  ///< payload bytes moved by RMA / IPC on one host
+  uint64_t bytes_shared_memory = 0;  ///< payload bytes moved by RMA / IPC / a mapping on one host
+  uint64_t bytes_mapped = 0;         ///< of those, copied through a mapping of the owner's shared_host_buffer
   uint64_t bytes_network = 0;        ///< payload bytes moved over the network path (tcp, NCCL)
   uint64_t connections = 0;          ///< connections ever opened
 };

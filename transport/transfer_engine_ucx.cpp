@@ -367,6 +367,12 @@ class ucx_engine final : public transfer_engine {
         d.remote_key.assign(static_cast<const char*>(packed), packed_len);
         ucp_rkey_buffer_release(packed);
       }
+      shared_host_location where;
+      if (self->opt_.shared_memory && bytes > 0 && shared_host_lookup(base, bytes, where)) {
+        d.mapped_fd = where.fd;
+        d.mapped_inode = where.inode;
+        d.mapped_offset = where.offset;
+      }
       d.region = self->next_region_++;
       self->regions_.emplace(d.region, r);
       ++self->s_.registrations;
@@ -394,6 +400,10 @@ class ucx_engine final : public transfer_engine {
   }
 
   void read(const memory_descriptor& remote, size_t offset, void* local, size_t bytes, transfer_done done) override {
+    if (const std::shared_ptr<std::byte> m = mapped(remote, offset, bytes)) {
+      copy_in_parallel(local, m.get(), bytes);
+      return mapped_done(bytes, done);
+    }
     auto o = std::make_unique<op>();
     o->kind = op_kind::read;
     o->remote = remote;
@@ -407,6 +417,10 @@ class ucx_engine final : public transfer_engine {
 
   void write(const memory_descriptor& remote, size_t offset, const void* local, size_t bytes,
              transfer_done done) override {
+    if (const std::shared_ptr<std::byte> m = mapped(remote, offset, bytes)) {
+      copy_in_parallel(m.get(), local, bytes);
+      return mapped_done(bytes, done);
+    }
     auto o = std::make_unique<op>();
     o->kind = op_kind::write;
     o->remote = remote;
@@ -454,6 +468,32 @@ class ucx_engine final : public transfer_engine {
   transfer_engine_stats stats() const override { return impl_->s_.snapshot(); }
 
  private:
+  /// Where a same-host region in a shared buffer is mapped here (the pointer
+  /// keeps the mapping alive), or null: then the operation takes the
+  /// owner-served path, which also reports any bad range.
+  std::shared_ptr<std::byte> mapped(const memory_descriptor& r, size_t offset, size_t bytes) {
+    const te_ucx::impl& self = *impl_;
+    if (!self.opt_.shared_memory || r.mapped_fd < 0 || r.backend != "ucx" || r.owner.host_id != self.address_.host_id ||
+        offset > r.bytes || bytes > r.bytes - offset || bytes == 0)
+      return nullptr;
+    std::string why;
+    const shared_host_location loc{r.mapped_fd, r.mapped_inode, r.mapped_offset + offset};
+    std::shared_ptr<std::byte> m = impl_->mapped_.map(r.owner.pid, loc, bytes, &why);
+    if (m == nullptr)
+      te_util::log()->debug("transfer engine {}: region {} not mapped ({}); the owner serves it", self.opt_.name,
+                            r.region, why);
+    return m;
+  }
+  /// Counts and completes an operation done through a mapping (inline, as the interface allows).
+  void mapped_done(size_t bytes, transfer_done& done) {
+    te_util::counters& s = impl_->s_;
+    ++s.started;
+    ++s.pending;
+    s.bytes_mapped += bytes;
+    s.ended(te_util::outcome::ok, bytes, true);
+    done(errc::ok, bytes);
+  }
+
   std::unique_ptr<te_ucx::impl> impl_;
 };
 

@@ -24,6 +24,13 @@
 // so an unmatched send never pins the sender's buffer. Either way done fires
 // when the receiver holds the bytes.
 //
+// A region inside a shared_host_buffer (memfd, shared_host_memory.hpp) is
+// reached by a same-host peer without the owner: the peer maps the memfd
+// once and each read or write is a memcpy (over two threads when large) on
+// the caller's thread, done called before read()/write() return. That is the
+// fastest path on one host (one plain copy, no page pinning, no round trip)
+// and has no crash hazard: the mapping outlives an owner that dies.
+//
 // Known hazard (UCX 1.13, as in ucx_node): a cma transfer with a peer process
 // that dies in the middle of it is fatal to this process on a NONE endpoint
 // (and with rma, so is a one-sided access to a region its owner unregistered
@@ -46,7 +53,7 @@ struct ucx_engine_options {
   std::string host = "127.0.0.1";                ///< address the listener binds
   std::string advertise_host;                    ///< address peers connect to (empty: host)
   uint16_t port = 0;                             ///< listener port; 0 = ephemeral
-  bool shared_memory = true;                     ///< use shared memory (cma) with peers on this host
+  bool shared_memory = true;                     ///< use shared memory (mapped buffers, cma) with peers on this host
   bool rma = false;                              ///< registrations carry a packed rkey; same-host peers then use ucp_get/put
   std::chrono::milliseconds timeout{10000};      ///< per operation, from its start to done
   std::chrono::milliseconds connect_timeout{2000};  ///< a new connection must be up within this

@@ -331,6 +331,7 @@ void impl::fail_conn(conn* c, outcome why, const std::string& reason, bool force
   if (c->state == conn_state::closed) return;
   const bool was_up = c->state == conn_state::up;
   c->state = conn_state::closed;
+  if (c->peer.pid != 0 && c->peer.host_id == address_.host_id) mapped_.forget(c->peer.pid);
   auto it = by_engine_.find(c->peer.engine);
   if (it != by_engine_.end() && it->second == c->id) by_engine_.erase(it);
   if (was_up || c->client)

@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "transport/shared_host_memory.hpp"
 #include "transport/transfer_engine_ucx.hpp"
 #include "transport/transfer_engine_util.hpp"
 
@@ -299,6 +300,8 @@ struct impl {
   std::deque<unexpected> unexpected_;
   size_t unexpected_bytes_ = 0;
   std::unordered_map<uint64_t, region> regions_;
+  /// Same-host peers' shared buffers mapped here (any thread; thread-safe).
+  shared_host_mapper mapped_;
   size_t outstanding_ = 0;  ///< UCX requests not yet completed
 
   std::atomic<uint64_t> next_op_{1};

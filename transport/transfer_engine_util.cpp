@@ -80,6 +80,7 @@ transfer_engine_stats counters::snapshot() const {
   s.bytes_shared_memory = bytes_shared_memory;
   s.bytes_network = bytes_network;
   s.connections = connections;
+  s.bytes_mapped = bytes_mapped;
   return s;
 }
 

@@ -34,7 +34,8 @@ errc outcome_errc(outcome o);
 /// Counters of an engine, updated from any thread.
 struct counters {
   std::atomic<uint64_t> registrations{0}, pending{0}, serving{0}, peers{0}, started{0}, completed{0}, failed{0},
-      timed_out{0}, peer_lost{0}, cancelled{0}, bytes_shared_memory{0}, bytes_network{0}, connections{0};
+      timed_out{0}, peer_lost{0}, cancelled{0}, bytes_shared_memory{0}, bytes_network{0}, connections{0},
+      bytes_mapped{0};
 
   /// Counts one operation's end (pending down, its outcome up, bytes when ok).
   void ended(outcome o, size_t bytes, bool shared_memory);

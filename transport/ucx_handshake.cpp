@@ -117,19 +117,24 @@ uint64_t random_token() {
 }
 
 proof make_proof(const std::string& secret, role who, const nonce& verifier_nonce, const nonce& prover_nonce,
-                 const std::string& client_name, const std::string& server_name) {
+                 const std::string& client_name, const std::string& server_name, const std::vector<char>& bound) {
   std::vector<unsigned char> msg;
-  const std::string label = who == role::server ? "troupe-link-v1 server" : "troupe-link-v1 client";
+  const std::string label = who == role::server   ? "troupe-link-v2 server"
+                            : who == role::client ? "troupe-link-v2 client"
+                                                  : "troupe-link-v2 server-accept";
   msg.insert(msg.end(), label.begin(), label.end());
   msg.insert(msg.end(), verifier_nonce.begin(), verifier_nonce.end());
   msg.insert(msg.end(), prover_nonce.begin(), prover_nonce.end());
   // Length-prefixed names: no pair of names can be shifted into another.
-  for (const std::string* n : {&client_name, &server_name}) {
-    const uint32_t len = static_cast<uint32_t>(n->size());
+  auto field = [&msg](const char* data, size_t size) {
+    const uint32_t len = static_cast<uint32_t>(size);
     const auto* lp = reinterpret_cast<const unsigned char*>(&len);
     msg.insert(msg.end(), lp, lp + sizeof len);
-    msg.insert(msg.end(), n->begin(), n->end());
-  }
+    msg.insert(msg.end(), data, data + size);
+  };
+  field(client_name.data(), client_name.size());
+  field(server_name.data(), server_name.size());
+  field(bound.data(), bound.size());
   proof p{};
   unsigned int len = 0;
   if (HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()), msg.data(), msg.size(), p.data(), &len) ==
@@ -199,7 +204,8 @@ std::vector<char> encode(const accept& m) {
   out.reserve(256);  // also spares GCC 12 a false -Wstringop-overflow on the first insert
   vector_stream s{&out};
   msgpack::packer<vector_stream> pk(s);
-  pk.pack_array(1);
+  pk.pack_array(2);
+  pack_bytes(pk, m.p);
   pack_bytes(pk, m.worker_address);
   return out;
 }
@@ -243,8 +249,9 @@ std::string decode(const void* data, size_t size, auth& m) {
 std::string decode(const void* data, size_t size, accept& m) {
   std::string why;
   msgpack::object_handle h;
-  if (!unpack_array(data, size, 1, h, &why)) return why;
-  if (!read(h.get().via.array.ptr[0], m.worker_address, "worker address", &why)) return why;
+  if (!unpack_array(data, size, 2, h, &why)) return why;
+  const msgpack::object* f = h.get().via.array.ptr;
+  if (!read(f[0], m.p, "proof", &why) || !read(f[1], m.worker_address, "worker address", &why)) return why;
   return {};
 }
 

@@ -7,8 +7,8 @@
 //   client → server  hello      {proto, client link id, client token, client name, boot id, nonce Nc}
 //   server → client  challenge  {server link id, server token, server name, boot id, nonce Ns,
 //                                proof_s = HMAC(secret, "server" | Nc | Ns | names)}
-//   client → server  auth       {proof_c = HMAC(secret, "client" | Ns | Nc | names), worker address}
-//   server → client  accept     {worker address}
+//   client → server  auth       {proof_c = HMAC(secret, "client" | Ns | Nc | names | Wc), worker address Wc}
+//   server → client  accept     {proof_a = HMAC(secret, "server-accept" | Nc | Ns | names | Ws), worker address Ws}
 //
 // The server proves itself first, over the client's fresh nonce; the client
 // answers only a server that proved itself, so its proof is never shown to an
@@ -16,10 +16,12 @@
 // keeps a server proof from passing as a client proof. Link ids and tokens
 // name the receiver's link in every later message header; a token is random
 // so a connection cannot claim another's link. UCX endpoints are opened only
-// after the handshake, from the worker addresses it exchanged: nothing an
-// unauthenticated peer sends reaches UCX's connection code (UCX 1.13's
-// socket-address listener aborts the process on a malformed connection
-// header). Boot ids tell whether both run on one host (shared memory).
+// after the handshake, to the worker addresses it exchanged (bound into the
+// proofs), so no UCX socket-address listener exists: UCX 1.13's aborts the
+// process on a malformed connection header. UCX's own transports still
+// listen on ports of their own and take connections from anyone; what
+// arrives there without a link's token is dropped. Boot ids tell whether
+// both run on one host (shared memory).
 // Bodies are msgpack arrays decoded under tight limits.
 #pragma once
 
@@ -47,8 +49,9 @@ inline constexpr size_t frame_head_bytes = 5;
 /// A frame: head then body.
 std::vector<char> frame(frame_type type, const std::vector<char>& body);
 
-/// Who computes a proof.
-enum class role { client, server };
+/// Who computes a proof: the server in its challenge, the client in its
+/// auth, the server again in its accept.
+enum class role { client, server, server_accept };
 
 /// 32 bytes from the system CSPRNG (OpenSSL RAND_bytes).
 nonce random_nonce();
@@ -56,10 +59,13 @@ nonce random_nonce();
 uint64_t random_token();
 
 /// HMAC-SHA256(secret, role label | nonce of the verifier | nonce of the prover
-/// | length-prefixed client name | length-prefixed server name): a server
-/// proves over (Nc, Ns), a client over (Ns, Nc).
+/// | length-prefixed client name | length-prefixed server name |
+/// length-prefixed `bound`): a server proves over (Nc, Ns), a client over
+/// (Ns, Nc). `bound` is the prover's worker address in auth and accept, so a
+/// party in the path cannot point the UCX endpoints elsewhere.
 proof make_proof(const std::string& secret, role who, const nonce& verifier_nonce, const nonce& prover_nonce,
-                 const std::string& client_name, const std::string& server_name);
+                 const std::string& client_name, const std::string& server_name,
+                 const std::vector<char>& bound = {});
 
 /// Constant-time comparison.
 bool proof_equal(const proof& a, const proof& b);
@@ -88,6 +94,7 @@ struct auth {
 };
 
 struct accept {
+  proof p{};  ///< the server's proof over the client's nonce and its own worker address
   std::vector<char> worker_address;
 };
 

@@ -81,7 +81,11 @@ void impl::open_listener() {
   }
   sockaddr_storage sa{};
   socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    const int e = errno;
+    ::close(fd);
+    throw error(errc::errc_io, "node '" + opt_.name + "': getsockname: " + std::strerror(e));
+  }
   port_ = ntohs(sa.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&sa)->sin6_port
                                          : reinterpret_cast<sockaddr_in*>(&sa)->sin_port);
   listen_fd_ = fd;
@@ -107,25 +111,60 @@ void impl::start_client(const sockaddr_storage& addr, socklen_t len, std::string
   transport_log()->debug("node {}: connecting to {}", opt_.name, l->where);
 }
 
+bool impl::refusal_logged() {
+  const clock::time_point now = clock::now();
+  if (now - refusal_window_ >= std::chrono::seconds(1)) {
+    if (refusals_suppressed_ > 0)
+      transport_log()->warn("node {}: {} more refused connections not logged", opt_.name, refusals_suppressed_);
+    refusal_window_ = now;
+    refusals_logged_ = refusals_suppressed_ = 0;
+  }
+  if (refusals_logged_ < max_refusal_logs_per_second) {
+    ++refusals_logged_;
+    return true;
+  }
+  ++refusals_suppressed_;
+  return false;
+}
+
 void impl::accept_connections() {
-  for (;;) {
+  for (int round = 0; round < 256; ++round) {  // bounded: the loop has other work too
     sockaddr_storage sa{};
     socklen_t len = sizeof sa;
     const int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-        transport_log()->warn("node {}: accept: {}", opt_.name, std::strerror(errno));
       if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      // Out of descriptors or memory: the listener stays readable, so wait
+      // before trying again instead of spinning on it.
+      listen_paused_until_ = clock::now() + std::chrono::milliseconds(100);
+      if (refusal_logged()) transport_log()->warn("node {}: accept: {}", opt_.name, std::strerror(errno));
       return;
     }
-    size_t pending = 0;
-    for (const auto& [id, l] : links_) pending += in_handshake(*l) ? 1 : 0;
-    if (shutting_down_ || pending >= max_pending_handshakes) {
-      ++c_.handshakes_failed;
-      transport_log()->warn("node {}: refused a connection from {}: {}", opt_.name, address_text(sa),
-                            shutting_down_ ? "shutting down" : "too many handshakes in progress");
+    if (shutting_down_) {
       ::close(fd);
       continue;
+    }
+    // Accepted connections still in the handshake; past the limit the oldest
+    // one that has not said hello makes room, else this one is refused.
+    size_t pending = 0;
+    link* oldest_silent = nullptr;
+    for (const auto& [id, l] : links_) {
+      if (l->client || !in_handshake(*l) || l->state == link_state::up) continue;
+      ++pending;
+      if (l->state == link_state::awaiting_hello && (oldest_silent == nullptr || l->deadline < oldest_silent->deadline))
+        oldest_silent = l.get();
+    }
+    if (pending >= max_pending_handshakes) {
+      if (oldest_silent == nullptr) {
+        ++c_.handshakes_failed;
+        if (refusal_logged())
+          transport_log()->warn("node {}: refused a connection from {}: too many handshakes in progress", opt_.name,
+                                address_text(sa));
+        ::close(fd);
+        continue;
+      }
+      fail_link(oldest_silent, "silent while the handshake limit was reached", link_end::dead);
     }
     link* l = new_link(false, address_text(sa));
     if (l == nullptr) {
@@ -138,7 +177,9 @@ void impl::accept_connections() {
 }
 
 void impl::socket_pollfds(std::vector<pollfd>& fds) const {
-  fds.push_back({listen_fd_, POLLIN, 0});
+  // While paused the listener is left out; the entry stays so that indices
+  // line up, with fd -1 (poll ignores it).
+  fds.push_back({clock::now() < listen_paused_until_ ? -1 : listen_fd_, POLLIN, 0});
   for (const auto& [id, l] : links_) {
     if (!in_handshake(*l)) continue;
     const bool want_out = !l->out.empty() || (l->client && !l->tcp_connected);
@@ -199,8 +240,9 @@ void impl::on_socket(link* l, short revents) {
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
-      if (l->state == link_state::up) return close_socket(l);  // the peer has what it needs from UCX
-      return fail_link(l, std::string("handshake connection: ") + std::strerror(errno), link_end::dead);
+      // Up (a server writing its accept) or not, the peer did not get it all.
+      return fail_link(l, std::string("handshake connection: ") + std::strerror(errno),
+                       l->state == link_state::up ? link_end::refused : link_end::dead);
     }
     l->out.erase(l->out.begin(), l->out.begin() + n);
   }
@@ -211,7 +253,8 @@ void impl::on_socket(link* l, short revents) {
   for (;;) {
     const ssize_t n = ::recv(l->fd, buf, sizeof buf, 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-      if (l->state == link_state::up) return close_socket(l);
+      if (l->state == link_state::up)  // a server whose accept is not all written: the client never got it
+        return fail_link(l, "the connection closed before the accept was delivered", link_end::refused);
       return fail_link(l,
                        n == 0 ? "the peer closed the connection during the handshake (it refused the link, or is no "
                                 "troupe node)"

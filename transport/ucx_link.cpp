@@ -48,7 +48,10 @@ void impl::server_hello(link* l, const char* data, size_t length) {
   if (!why.empty()) return fail_link(l, "bad hello: " + why, link_end::refused);
   l->peer_link = m.link;
   l->peer_token = m.token;
-  if (!claim_name(l, m.name)) return;
+  // The name is claimed once the client has proved itself (server_auth): an
+  // unauthenticated hello must not block a real node of that name.
+  if (m.name == opt_.name) return fail_link(l, "peer claims this node's own name '" + m.name + "'", link_end::refused);
+  l->peer_name = m.name;
   l->peer_nonce = m.n;
   l->same_host = m.boot_id == boot_id_;
   hs::challenge c;
@@ -78,7 +81,7 @@ void impl::client_challenge(link* l, const char* data, size_t length) {
   l->peer_nonce = c.n;
   l->same_host = c.boot_id == boot_id_;
   hs::auth a;
-  a.p = hs::make_proof(opt_.secret, hs::role::client, c.n, l->my_nonce, opt_.name, c.name);
+  a.p = hs::make_proof(opt_.secret, hs::role::client, c.n, l->my_nonce, opt_.name, c.name, worker_address_);
   a.worker_address = worker_address_;
   l->state = link_state::awaiting_accept;
   send_frame(l, hs::frame_auth, hs::encode(a));
@@ -88,19 +91,24 @@ void impl::server_auth(link* l, const char* data, size_t length) {
   hs::auth a;
   const std::string why = hs::decode(data, length, a);
   if (!why.empty()) return fail_link(l, "bad auth: " + why, link_end::refused);
-  const hs::proof expected =
-      hs::make_proof(opt_.secret, hs::role::client, l->my_nonce, l->peer_nonce, l->peer_name, opt_.name);
+  const hs::proof expected = hs::make_proof(opt_.secret, hs::role::client, l->my_nonce, l->peer_nonce, l->peer_name,
+                                            opt_.name, a.worker_address);
   if (!hs::proof_equal(expected, a.p)) {
     ++c_.auth_failures;
     return fail_link(l, "node '" + l->peer_name + "' failed to prove the cluster secret (do the secrets differ?)",
                      link_end::refused);
   }
   if (a.worker_address.empty()) return fail_link(l, "auth carries no worker address", link_end::refused);
+  const std::string name = l->peer_name;
+  l->peer_name.clear();  // claim_name sets it again
+  if (!claim_name(l, name)) return;
   l->peer_address = std::move(a.worker_address);
   if (!open_endpoints(l)) return;
   // Our envelopes may overtake the accept (they travel on UCX); the client,
   // which has verified us already, holds them until the accept arrives.
   hs::accept m;
+  m.p = hs::make_proof(opt_.secret, hs::role::server_accept, l->peer_nonce, l->my_nonce, l->peer_name, opt_.name,
+                       worker_address_);
   m.worker_address = worker_address_;
   l->close_after_flush = true;
   send_frame(l, hs::frame_accept, hs::encode(m));
@@ -111,6 +119,12 @@ void impl::client_accept(link* l, const char* data, size_t length) {
   hs::accept m;
   const std::string why = hs::decode(data, length, m);
   if (!why.empty()) return fail_link(l, "bad accept: " + why, link_end::refused);
+  const hs::proof expected = hs::make_proof(opt_.secret, hs::role::server_accept, l->my_nonce, l->peer_nonce,
+                                            opt_.name, l->peer_name, m.worker_address);
+  if (!hs::proof_equal(expected, m.p)) {
+    ++c_.auth_failures;
+    return fail_link(l, "the accept of node '" + l->peer_name + "' carries no valid proof", link_end::refused);
+  }
   if (m.worker_address.empty()) return fail_link(l, "accept carries no worker address", link_end::refused);
   l->peer_address = std::move(m.worker_address);
   close_socket(l);
@@ -314,7 +328,8 @@ void impl::fail_link(link* l, const std::string& reason, link_end how) {
     }
   } else {
     ++c_.handshakes_failed;
-    transport_log()->warn("node {}: refused link with {}: {}", opt_.name, l->label(), reason);
+    if (refusal_logged())  // anyone can cause these: rate-limited
+      transport_log()->warn("node {}: refused link with {}: {}", opt_.name, l->label(), reason);
   }
   // A refused peer hears it at once: in the handshake its connection closes;
   // later the goodbye goes ahead of the flushed close below.
@@ -331,6 +346,7 @@ void impl::close_endpoints(uint32_t id, bool force) {
   if (it == links_.end()) return;
   std::unique_ptr<link> l = std::move(it->second);
   links_.erase(it);
+  close_socket(l.get());
   if (l->state != link_state::closed) {  // shutdown: no callbacks, just forget the link
     auto n = by_name_.find(l->peer_name);
     if (n != by_name_.end() && n->second == l->id) by_name_.erase(n);

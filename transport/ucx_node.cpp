@@ -1,10 +1,12 @@
 // Start-up, the progress loop and the public calls of ucx_node (the design is
-// in ucx_node.hpp; the handshake and receive path in ucx_link.cpp).
+// in ucx_node.hpp; the handshake steps and links in ucx_link.cpp, their
+// sockets in ucx_handshake_io.cpp, the receive path in ucx_receive.cpp).
 //
 // The loop: run queued commands, progress the worker until it has nothing
 // left, run what callbacks deferred, send heartbeats and check deadlines,
-// then arm the worker and sleep in poll() on its event fd and our eventfd
-// until UCX has an event, a caller posts work, or the next timer is due.
+// then arm the worker and sleep in poll() on its event fd, our eventfd, the
+// TCP listener and the sockets of handshakes in progress until one of them
+// has an event or the next timer is due.
 // Within options.busy_poll of traffic (an envelope in, a command, an inline
 // send) it does not sleep but loops again, yielding the core between rounds:
 // the answer to a request just sent is then picked up without a wake-up.
@@ -164,8 +166,8 @@ ucx_node::impl::~impl() {
 void ucx_node::impl::shutdown() {
   shutting_down_ = true;
   // Let envelopes already handed to UCX arrive (a rendezvous send completes
-  // once the peer has fetched it), then say goodbye on the endpoint that
-  // carried them, behind them, so up peers see link_down at once.
+  // once the peer has fetched it), then say goodbye with the number of
+  // envelopes sent: up peers see link_down once those are delivered.
   auto drain = [this](std::chrono::milliseconds limit) {
     const auto deadline = clock::now() + limit;
     while (outstanding_ > 0 && clock::now() < deadline) ucp_worker_progress(worker_);
@@ -250,6 +252,7 @@ void ucx_node::impl::reap_closing() {
 
 int ucx_node::impl::poll_timeout_ms(clock::time_point now) const {
   clock::time_point next = next_heartbeat_;
+  if (listen_paused_until_ > now) next = std::min(next, listen_paused_until_);
   for (const auto& [id, l] : links_) {
     if (l->state == link_state::up)
       next = std::min(next, l->last_heard + opt_.heartbeat_timeout);
@@ -305,7 +308,7 @@ void ucx_node::impl::run() {
     }
     // Timers have millisecond resolution: while busy-polling, once a millisecond is enough.
     if (!busy || now >= next_tick) {
-      poll_sockets();
+      if (busy) poll_sockets();  // otherwise the poll() below watches them
       tick(now);
       run_deferred();
       next_tick = now + std::chrono::milliseconds(1);

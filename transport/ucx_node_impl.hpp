@@ -44,13 +44,18 @@ enum am_id : unsigned {
   am_bye = 7,
 };
 
-/// At most this many connections may be in the handshake at once; more are
-/// closed at accept (a flood of idle connections cannot exhaust descriptors).
+/// At most this many accepted connections may be in the handshake at once;
+/// a new one past it closes the oldest that has not said hello yet, else it
+/// is closed itself (a flood of idle connections can neither exhaust
+/// descriptors nor keep real nodes out for long).
 inline constexpr size_t max_pending_handshakes = 64;
 
+/// Refusals logged per second at most (anyone who reaches the port can cause them).
+inline constexpr int max_refusal_logs_per_second = 10;
+
 /// Header of every active message: which link of the receiver it is for,
-/// the token that link gave its peer, and (envelopes only) the sender's
-/// sequence number on that link.
+/// the token that link gave its peer, and the sender's sequence number on
+/// that link (envelopes), or the number of envelopes it sent before (bye).
 struct am_header {
   uint32_t link = 0;
   uint32_t reserved = 0;
@@ -200,6 +205,8 @@ struct ucx_node::impl {
   void close_socket(link* l);
   /// Opens the endpoints to the peer's worker address; false (link failed) when UCX refuses.
   bool open_endpoints(link* l);
+  /// Whether another refusal may be logged now; says how many were not.
+  bool refusal_logged();
   link* find(uint32_t id);
   /// The link a header names, if its token matches and its state is one of `states`.
   link* authentic(const void* header, size_t length, std::initializer_list<link_state> states,
@@ -235,6 +242,9 @@ struct ucx_node::impl {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   int listen_fd_ = -1;  ///< the TCP listener of the handshake
+  clock::time_point listen_paused_until_{};  ///< accept failed for lack of descriptors or memory: wait before retrying
+  clock::time_point refusal_window_{};       ///< start of the second the refusal log limit counts in
+  int refusals_logged_ = 0, refusals_suppressed_ = 0;
   int worker_fd_ = -1;
   int wake_fd_ = -1;
   uint16_t port_ = 0;

@@ -6,6 +6,7 @@
 // descriptors through the wire codec; idle CPU. Every test ends by checking
 // that nothing is pending and registrations are back to zero. Peer processes
 // are forked before this process creates its own engine.
+#include "transport/shared_host_memory.hpp"
 #include "transport/transfer_engine_ucx.hpp"
 
 #include <doctest/doctest.h>
@@ -180,7 +181,8 @@ struct child_engine {
   memory_descriptor region;
   int to_child = -1;
 
-  child_engine(bool shm, size_t bytes, std::chrono::milliseconds timeout = 10s) {
+  /// mapped: the region is a shared_host_buffer, which same-host peers map.
+  child_engine(bool shm, size_t bytes, std::chrono::milliseconds timeout = 10s, bool mapped = false) {
     int up[2], down[2];
     REQUIRE(pipe(up) == 0);
     REQUIRE(pipe(down) == 0);
@@ -192,8 +194,15 @@ struct child_engine {
       close(down[1]);
       try {
         std::vector<unsigned char> memory = patterned(bytes, 1);
+        std::unique_ptr<shared_host_buffer> shared;
+        void* base = memory.data();
+        if (mapped) {
+          shared = std::make_unique<shared_host_buffer>(bytes);
+          std::memcpy(shared->data(), memory.data(), bytes);
+          base = shared->data();
+        }
         auto te = transfer_engine_ucx(options("child", shm, timeout));
-        memory_descriptor d = te->register_memory(memory.data(), memory.size());
+        memory_descriptor d = te->register_memory(base, bytes);
         const std::vector<char> packed = wire_pack(d);
         const uint32_t len = static_cast<uint32_t>(packed.size());
         if (write(up[1], &len, 4) != 4 || write(up[1], packed.data(), len) != static_cast<ssize_t>(len)) _exit(2);
@@ -429,11 +438,14 @@ TEST_CASE("transfer_engine ucx: disconnect fails what is in flight; the next ope
   }
 }
 
-TEST_CASE("transfer_engine ucx: two processes, tcp and shared memory: read, write, send and recv") {
-  for (const bool shm : {false, true}) {
+TEST_CASE("transfer_engine ucx: two processes, tcp, shared memory and a mapped buffer: read, write, send and recv") {
+  for (const int mode : {0, 1, 2}) {  // tcp; shared memory (cma); shared memory with the region in a shared_host_buffer
+    const bool shm = mode > 0, mapped = mode == 2;
     CAPTURE(shm);
+    CAPTURE(mapped);
     const size_t big = 64u << 20;
-    child_engine child(shm, big + 7);  // fork before this process creates its engine
+    child_engine child(shm, big + 7, 10s, mapped);  // fork before this process creates its engine
+    CHECK((child.region.mapped_fd >= 0) == mapped);
     auto a = transfer_engine_ucx(options("parent", shm));
     child.tell(a->address());
     const memory_descriptor& d = child.region;
@@ -464,8 +476,13 @@ TEST_CASE("transfer_engine ucx: two processes, tcp and shared memory: read, writ
       CHECK(r.e == errc::ok);
       CHECK(echo == src);
     }
+    // Out of range is refused on the mapped path as on the others.
+    std::vector<unsigned char> over(16);
+    CHECK(run([&](transfer_done done) { a->read(d, big, over.data(), over.size(), std::move(done)); }).first ==
+          transfer_error::bad_request);
     const auto st = a->stats();
     CHECK((shm ? st.bytes_shared_memory : st.bytes_network) >= 3 * big);
+    CHECK((st.bytes_mapped >= 3 * big) == mapped);
     check_idle(*a);
   }
 }

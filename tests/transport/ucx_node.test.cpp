@@ -21,6 +21,7 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -211,7 +212,7 @@ struct raw_client {
 
 }  // namespace
 
-TEST_CASE("ucx handshake: proofs bind the secret, the role, both nonces and both names") {
+TEST_CASE("ucx handshake: proofs bind the secret, the role, both nonces, both names and the worker address") {
   namespace hs = ucx_handshake;
   const hs::nonce n1 = hs::random_nonce(), n2 = hs::random_nonce();
   CHECK(n1 != n2);
@@ -223,6 +224,12 @@ TEST_CASE("ucx handshake: proofs bind the secret, the role, both nonces and both
   CHECK(!hs::proof_equal(p, hs::make_proof("s", hs::role::server, n2, n1, "a", "b")));
   CHECK(!hs::proof_equal(p, hs::make_proof("s", hs::role::server, n1, n2, "b", "a")));
   CHECK(!hs::proof_equal(p, hs::make_proof("s", hs::role::server, n1, n2, "ab", "")));
+  CHECK(!hs::proof_equal(p, hs::make_proof("s", hs::role::server_accept, n1, n2, "a", "b")));
+  const std::vector<char> w1{'w', '1'}, w2{'w', '2'};
+  const hs::proof pa = hs::make_proof("s", hs::role::server_accept, n1, n2, "a", "b", w1);
+  CHECK(hs::proof_equal(pa, hs::make_proof("s", hs::role::server_accept, n1, n2, "a", "b", w1)));
+  CHECK(!hs::proof_equal(pa, hs::make_proof("s", hs::role::server_accept, n1, n2, "a", "b", w2)));
+  CHECK(!hs::proof_equal(pa, hs::make_proof("s", hs::role::server_accept, n1, n2, "a", "bw", {'1'})));
 
   hs::hello h;
   h.link = 3;
@@ -369,22 +376,54 @@ TEST_CASE("ucx_node: connections that do not authenticate are refused and cannot
     CHECK(refused_again());
     ++refused;
   }
-  {  // a flood of idle connections: past the limit they are closed at once, not after the 2 s timeout
-    std::vector<std::unique_ptr<raw_client>> flood;
-    for (int i = 0; i < 80; ++i) flood.push_back(std::make_unique<raw_client>(a.port()));
-    const auto t0 = steady::now();
-    CHECK(flood.back()->closed_by_node());
-    CHECK(steady::now() - t0 < 1s);
-  }
-  // The node still links with a real peer and carries envelopes.
+  // A flood of idle connections: past the limit the oldest silent ones are
+  // closed at once (not after the 2 s timeout), and a real node still links
+  // while the flood stays open.
+  std::vector<std::unique_ptr<raw_client>> flood;
+  for (int i = 0; i < 80; ++i) flood.push_back(std::make_unique<raw_client>(a.port()));
+  const auto t0 = steady::now();
+  CHECK(flood.front()->closed_by_node());
+  CHECK(steady::now() - t0 < 1s);
   recorder rb;
   ucx_node b(options("b"), rb.handlers());
   REQUIRE(b.connect("127.0.0.1", a.port(), "a") == errc::ok);
-  REQUIRE(rb.wait([&] { return rb.ups.size() == 1; }));
+  REQUIRE(rb.wait([&] { return rb.ups.size() == 1; }, 1500ms));
+  flood.clear();
   REQUIRE(b.send("a", envelope(5)) == errc::ok);
   REQUIRE(ra.wait([&] { return ra.messages.size() == 1; }));
   CHECK(a.counters().delivered == 1);
   CHECK(a.counters().auth_failures == 0);  // none of them got as far as a proof
+}
+
+TEST_CASE("ucx_node: a node that stops closes the connections still in the handshake and leaks no descriptor") {
+  auto open_fds = [] {
+    size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) n += e.path().filename() != "." ? 1 : 0;
+    return n;
+  };
+  const size_t before = open_fds();
+  std::unique_ptr<raw_client> inbound;
+  {
+    ucx_node a(options("a"), {});
+    inbound = std::make_unique<raw_client>(a.port());
+    CHECK(eventually([&] { return open_fds() >= before + 2; }));  // accepted: a's end is open too
+    // and a dial out to a listener that never answers the handshake
+    const int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(silent, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::listen(silent, 4) == 0);
+    socklen_t len = sizeof sa;
+    REQUIRE(::getsockname(silent, reinterpret_cast<sockaddr*>(&sa), &len) == 0);
+    REQUIRE(a.connect("127.0.0.1", ntohs(sa.sin_port)) == errc::ok);
+    std::this_thread::sleep_for(100ms);
+    ::close(silent);
+  }
+  CHECK(inbound->closed_by_node());
+  inbound.reset();
+  // UCX keeps no descriptor after its worker and context are gone either.
+  CHECK(eventually([&] { return open_fds() <= before; }, 2s));
 }
 
 TEST_CASE("ucx_node: garbage, another wire version and oversized envelopes are dropped and counted") {
