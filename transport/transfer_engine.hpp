@@ -31,19 +31,19 @@ namespace troupe {
 /// backend does not use them.
 struct engine_address {
   uint64_t engine = 0;         ///< random id of the engine instance (never 0 for a live engine)
-  std::string host;            ///< ucx: host its listener is reachable at
-  uint16_t port = 0;           ///< ucx: its listener port
+  std::string host;            ///< the host's name, for logs
   std::string host_id;         ///< boot id of its host: equal ids mean one host (shared memory, CUDA IPC)
   uint32_t pid = 0;            ///< its process (cuda_ipc: a handle cannot be opened in its own process)
-  std::string worker_address;  ///< ucx: packed UCX worker address (empty: no shared memory offered)
+  std::string worker_address;  ///< ucx: packed UCX worker address, where peers open their endpoints
+  bool shared_memory = false;  ///< ucx: it moves data over shared memory with peers of its host
   int32_t device = -1;         ///< CUDA device ordinal of a GPU engine; -1 for host memory
 };
 
 /// Schema of engine_address (CAF serialization and the wire codec).
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_address& x) {
-  return f(caf::meta::type_name("engine_address"), x.engine, x.host, x.port, x.host_id, x.pid, x.worker_address,
-           x.device);
+  return f(caf::meta::type_name("engine_address"), x.engine, x.host, x.host_id, x.pid, x.worker_address,
+           x.shared_memory, x.device);
 }
 
 /// What a peer needs to address a registered region.

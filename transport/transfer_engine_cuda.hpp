@@ -47,7 +47,7 @@ struct nccl_engine_options {
   std::string name = "nccl";                 ///< for logs
   int device = 0;                            ///< the GPU its regions and buffers live on
   std::chrono::milliseconds timeout{10000};  ///< per operation, and for connect()
-  ucx_engine_options control;                ///< the private control engine (host, port, shared memory)
+  ucx_engine_options control;                ///< the private control engine (name, shared memory, timeouts)
 };
 
 /// An nccl engine: a transfer_engine plus the connect step NCCL needs.

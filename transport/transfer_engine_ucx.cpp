@@ -40,7 +40,10 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
   if (opt_.timeout.count() <= 0 || opt_.connect_timeout.count() <= 0)
     throw error(errc::errc_invalid_argument, "transfer_engine ucx '" + opt_.name + "': timeouts must be positive");
   address_.engine = te_util::random_id();
-  address_.host = opt_.advertise_host.empty() ? opt_.host : opt_.advertise_host;
+  char host[256] = "?";
+  ::gethostname(host, sizeof host - 1);
+  address_.host = host;
+  address_.shared_memory = opt_.shared_memory;
   address_.host_id = te_util::host_id();
   address_.pid = static_cast<uint32_t>(getpid());
 
@@ -64,54 +67,19 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
     if (wake_fd_ < 0) throw error(errc::errc_io, std::string("transfer_engine ucx: eventfd: ") + std::strerror(errno));
     register_am_handlers();
 
-    if (opt_.shared_memory) {
-      ucp_address_t* addr = nullptr;
-      size_t len = 0;
-      TROUPE_TE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
-      address_.worker_address.assign(reinterpret_cast<const char*>(addr), len);
-      ucp_worker_release_address(worker_, addr);
-    }
-
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    addrinfo* res = nullptr;
-    const std::string service = std::to_string(opt_.port);
-    const int rc = getaddrinfo(opt_.host.empty() ? nullptr : opt_.host.c_str(), service.c_str(), &hints, &res);
-    if (rc != 0 || res == nullptr)
-      throw error(errc::errc_invalid_argument,
-                  "transfer_engine ucx '" + opt_.name + "': cannot resolve '" + opt_.host + "': " + gai_strerror(rc));
-    sockaddr_storage sa{};
-    std::memcpy(&sa, res->ai_addr, res->ai_addrlen);
-    const socklen_t sa_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    ucp_listener_params_t lp{};
-    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
-    lp.sockaddr.addrlen = sa_len;
-    lp.conn_handler.cb = [](ucp_conn_request_h request, void* arg) {
-      auto* self = static_cast<impl*>(arg);
-      self->defer([self, request] { self->accept(request); });
-    };
-    lp.conn_handler.arg = this;
-    TROUPE_TE_UCS_CHECK(ucp_listener_create(worker_, &lp, &listener_),
-                        "ucp_listener_create on " + opt_.host + ":" + std::to_string(opt_.port));
-    ucp_listener_attr_t la{};
-    la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-    TROUPE_TE_UCS_CHECK(ucp_listener_query(listener_, &la), "ucp_listener_query");
-    address_.port =
-        ntohs(la.sockaddr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&la.sockaddr)->sin6_port
-                                                : reinterpret_cast<sockaddr_in*>(&la.sockaddr)->sin_port);
+    ucp_address_t* addr = nullptr;
+    size_t len = 0;
+    TROUPE_TE_UCS_CHECK(ucp_worker_get_address(worker_, &addr, &len), "ucp_worker_get_address");
+    address_.worker_address.assign(reinterpret_cast<const char*>(addr), len);
+    ucp_worker_release_address(worker_, addr);
   } catch (...) {
-    if (listener_ != nullptr) ucp_listener_destroy(listener_);
     if (wake_fd_ >= 0) close(wake_fd_);
     if (worker_ != nullptr) ucp_worker_destroy(worker_);
     ucp_cleanup(context_);
     throw;
   }
-  log()->info("transfer engine {} ({:016x}) listening on {}:{} (shared memory {})", opt_.name, address_.engine,
-              opt_.host, address_.port, opt_.shared_memory ? "on" : "off");
+  log()->info("transfer engine {} ({:016x}) ready (shared memory {})", opt_.name, address_.engine,
+              opt_.shared_memory ? "on" : "off");
   thread_ = std::thread([this] { run(); });
   thread_id_ = thread_.get_id();
 }
@@ -149,7 +117,6 @@ void impl::shutdown() {
     if (r.memh != nullptr) ucp_mem_unmap(context_, r.memh);
   regions_.clear();
   s_.registrations = 0;
-  ucp_listener_destroy(listener_);
   ucp_worker_destroy(worker_);  // no UCX request can touch memory after this
   all.clear();
   for (auto& [id, o] : ops_) all.push_back(o.get());
@@ -287,13 +254,12 @@ void impl::track(ucs_status_ptr_t r, request_ctx* ctx) {
 void impl::send_am(conn* c, unsigned id, request_ctx* ctx, const void* payload, size_t bytes, bool force_eager) {
   ctx->owner = this;
   ctx->header.from = address_.engine;
-  const bool shm = c->shm_ep != nullptr;
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.cb.send = request_cb;
   p.user_data = ctx;
   p.flags = force_eager ? UCP_AM_SEND_FLAG_EAGER : 0;
-  track(ucp_am_send_nbx(shm ? c->shm_ep : c->ep, id, &ctx->header, sizeof ctx->header, payload, bytes, &p), ctx);
+  track(ucp_am_send_nbx(c->ep, id, &ctx->header, sizeof ctx->header, payload, bytes, &p), ctx);
 }
 
 void impl::send_control(uint64_t peer, unsigned id, const msg_header& h) {

@@ -1,11 +1,14 @@
 // The ucx data-plane backend (host memory). Each engine has its own UCX
-// context, worker and listener, and one progress thread that sleeps in poll()
-// on the worker's event fd, so an idle engine costs no core. Peers are found
-// from descriptors and addresses alone: the first operation towards an engine
-// opens a connection to the listener named in its engine_address (tcp, error
-// mode PEER: it is the liveness channel), and, when both engines are on one
-// host with shared memory on, a second endpoint from the peer's worker address
-// (error mode NONE, the only kind UCX 1.13 runs over shared memory).
+// context and worker and one progress thread that sleeps in poll() on the
+// worker's event fd, so an idle engine costs no core. Peers are found from
+// descriptors and addresses alone, which travel in control messages between
+// authenticated nodes: the first operation towards an engine opens an
+// endpoint to the worker address in its engine_address (error mode PEER: it
+// is the liveness channel) and says hello; the peer opens one back. When both
+// engines are on one host with shared memory on, each adds a second endpoint
+// (error mode NONE, the only kind UCX 1.13 runs over shared memory). There
+// is no socket-address listener: UCX 1.13's aborts the process on some
+// malformed connection headers (see ucx_handshake_io.cpp).
 // While operations are pending the thread polls for a short while
 // (busy_poll) before it sleeps, which saves wake-ups on small transfers.
 //
@@ -50,9 +53,6 @@ namespace troupe {
 /// Settings of one ucx engine.
 struct ucx_engine_options {
   std::string name = "te";                       ///< for logs
-  std::string host = "127.0.0.1";                ///< address the listener binds
-  std::string advertise_host;                    ///< address peers connect to (empty: host)
-  uint16_t port = 0;                             ///< listener port; 0 = ephemeral
   bool shared_memory = true;                     ///< use shared memory (mapped buffers, cma) with peers on this host
   bool rma = false;                              ///< registrations carry a packed rkey; same-host peers then use ucp_get/put
   std::chrono::milliseconds timeout{10000};      ///< per operation, from its start to done
@@ -61,9 +61,9 @@ struct ucx_engine_options {
   size_t max_unexpected_bytes = 64u << 20;       ///< small sends held for recvs not yet posted, in bytes
 };
 
-/// Starts a ucx engine: context, worker, listener and progress thread.
-/// Throws troupe::error (errc_invalid_argument for bad options, errc_io when
-/// UCX fails, e.g. the port is taken).
+/// Starts a ucx engine: context, worker and progress thread. Throws
+/// troupe::error (errc_invalid_argument for bad options, errc_io when UCX
+/// fails).
 std::unique_ptr<transfer_engine> transfer_engine_ucx(const ucx_engine_options& options);
 
 }  // namespace troupe

@@ -1,14 +1,11 @@
 // Connections of the ucx transfer engine. The first operation towards an
-// engine opens a client connection to the listener in its engine_address and
-// says hello with this engine's own address; the server answers once it knows
-// who is calling, and both sides then hold one connection for the pair, used
-// in either direction. When both engines call each other at once, the
-// connection opened by the engine with the smaller id wins on both sides.
-// On one host with shared memory on both sides, each side adds an endpoint
-// from the other's worker address (error mode NONE) that then carries every
-// message (and RMA, with rma on); the tcp endpoint (error mode PEER) stays the liveness channel: its
-// error handler fails the whole connection, the NONE endpoint included.
-#include <netdb.h>
+// engine opens an endpoint to the worker address in its engine_address and
+// says hello with this engine's own address; the peer opens an endpoint back
+// and answers, and both sides then hold one connection for the pair, used in
+// either direction. UCX joins the two endpoints into one connection; when
+// both engines call each other at once, each answers the other's hello on
+// the endpoint it already has. Endpoints are never opened from inside a UCX
+// callback (defer()).
 
 #include <cstring>
 
@@ -82,7 +79,7 @@ ucs_status_t hello_handler(void* arg, const void* header, size_t header_length, 
   auto* self = static_cast<impl*>(arg);
   msg_header h;
   if (read_header(header, header_length, h) && (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0)
-    self->on_hello(h, data, length, param);
+    self->on_hello(h, data, length);
   return UCS_OK;
 }
 
@@ -97,8 +94,8 @@ ucs_status_t hello_ack_handler(void* arg, const void* header, size_t header_leng
 }  // namespace
 
 std::string conn::label() const {
-  return (peer.engine != 0 ? fmt::format("{:016x}", peer.engine) : std::string("?")) + " (" + peer.host + ":" +
-         std::to_string(peer.port) + (shm_ep != nullptr ? ", shared memory" : "") + ")";
+  return (peer.engine != 0 ? fmt::format("{:016x}", peer.engine) : std::string("?")) + " (" + peer.host + " pid " +
+         std::to_string(peer.pid) + (shared_memory ? ", shared memory" : "") + ")";
 }
 
 void impl::register_am_handlers() {
@@ -158,29 +155,7 @@ conn* impl::conn_for(const engine_address& peer) {
   by_engine_[peer.engine] = c->id;
   ++s_.connections;
 
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  const std::string service = std::to_string(peer.port);
-  const int rc = getaddrinfo(peer.host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0 || res == nullptr || peer.port == 0) {
-    if (res != nullptr) freeaddrinfo(res);
-    fail_conn(c, outcome::peer_lost, "cannot resolve " + peer.host + ":" + service, false);
-    return c;
-  }
-  ucp_ep_params_t p = peer_mode_params(c);
-  p.field_mask |= UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR;
-  p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-  p.sockaddr.addr = res->ai_addr;
-  p.sockaddr.addrlen = res->ai_addrlen;
-  const ucs_status_t st = ucp_ep_create(worker_, &p, &c->ep);
-  freeaddrinfo(res);
-  if (st != UCS_OK) {
-    c->ep = nullptr;
-    fail_conn(c, outcome::peer_lost, std::string("ucp_ep_create: ") + ucs_status_string(st), false);
-    return c;
-  }
+  if (!open_peer_endpoint(c)) return c;
   auto* ctx = new request_ctx;
   ctx->owner = this;
   ctx->header.from = address_.engine;
@@ -191,86 +166,92 @@ conn* impl::conn_for(const engine_address& peer) {
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   rp.cb.send = request_cb;
   rp.user_data = ctx;
-  rp.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+  rp.flags = UCP_AM_SEND_FLAG_EAGER;
   track(ucp_am_send_nbx(c->ep, am_hello, &ctx->header, sizeof ctx->header, ctx->copy.data(), ctx->copy.size(), &rp),
         ctx);
   log()->debug("transfer engine {}: connecting to {}", opt_.name, c->label());
   return c;
 }
 
-void impl::accept(ucp_conn_request_h request) {
-  if (shutting_down_) {
-    ucp_listener_reject(listener_, request);
-    return;
+bool impl::open_peer_endpoint(conn* c) {
+  if (c->peer.worker_address.empty()) {
+    fail_conn(c, outcome::peer_lost, "the peer's address has no worker address", false);
+    return false;
   }
-  auto owned = std::make_unique<conn>();
-  conn* c = owned.get();
-  c->owner = this;
-  c->id = next_conn_++;
-  c->client = false;
-  c->state = conn_state::awaiting_hello;
-  c->deadline = clock::now() + opt_.connect_timeout;
-  ucp_ep_params_t p = peer_mode_params(c);
-  p.field_mask |= UCP_EP_PARAM_FIELD_CONN_REQUEST;
-  p.conn_request = request;
+  // One endpoint per connection, in one error mode for every connection
+  // between two engines: UCX joins the endpoints two workers open to each
+  // other, and refuses a pair whose modes differ ("asymmetric endpoint
+  // configuration"). On one host with shared memory on both sides that is
+  // mode NONE, the only one UCX 1.13 runs over shared memory (liveness then
+  // comes from the operations' timeouts and the control plane's links);
+  // elsewhere PEER, whose error handler fails the connection at once.
+  c->shared_memory = opt_.shared_memory && c->peer.shared_memory && c->peer.host_id == address_.host_id;
+  ucp_ep_params_t p{};
+  if (c->shared_memory) {
+    p.field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    p.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+  } else {
+    p = peer_mode_params(c);
+  }
+  p.field_mask |= UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+  p.address = reinterpret_cast<const ucp_address_t*>(c->peer.worker_address.data());
   const ucs_status_t st = ucp_ep_create(worker_, &p, &c->ep);
   if (st != UCS_OK) {
-    log()->warn("transfer engine {}: connection not accepted: {}", opt_.name, ucs_status_string(st));
-    return;
+    c->ep = nullptr;
+    fail_conn(c, outcome::peer_lost, std::string("ucp_ep_create: ") + ucs_status_string(st), false);
+    return false;
   }
-  conns_.emplace(c->id, std::move(owned));
-  by_ep_[c->ep] = c->id;
-  ++s_.connections;
+  if (c->shared_memory && log()->should_log(spdlog::level::trace)) ucp_ep_print_info(c->ep, stderr);
+  return true;
 }
 
-void impl::on_hello(const msg_header& h, const void* data, size_t length, const ucp_am_recv_param_t* param) {
-  conn* c = nullptr;
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && param->reply_ep != nullptr) {
-    auto it = by_ep_.find(param->reply_ep);
-    if (it != by_ep_.end()) c = find_conn(it->second);
-  }
-  if (c == nullptr || c->state != conn_state::awaiting_hello) return;
+void impl::on_hello(const msg_header& h, const void* data, size_t length) {
   engine_address peer;
   std::string why;
   const std::vector<char> bytes(static_cast<const char*>(data), static_cast<const char*>(data) + length);
   if (wire_unpack(bytes, peer, &why) != errc::ok || peer.engine == 0 || peer.engine != h.from) {
-    return fail_conn(c, outcome::peer_lost, "bad hello: " + (why.empty() ? std::string("engine id") : why), false);
+    log()->warn("transfer engine {}: bad hello dropped: {}", opt_.name, why.empty() ? std::string("engine id") : why);
+    return;
   }
-  c->peer = peer;
-  auto it = by_engine_.find(peer.engine);
-  if (it != by_engine_.end()) {
-    conn* other = find_conn(it->second);
-    if (other != nullptr && other->state != conn_state::closed) {
-      if (other->client && address_.engine < peer.engine) {
-        // Both called; ours (smaller id) wins on both sides: the peer adopts it.
-        return fail_conn(c, outcome::peer_lost, "crossed connection (ours wins)", false);
-      }
-      if (other->client) {  // theirs wins: operations waiting on ours move over
-        c->waiting.swap(other->waiting);
-        for (uint64_t id : c->waiting)
-          if (auto o = ops_.find(id); o != ops_.end()) o->second->conn = c->id;
-        fail_conn(other, outcome::peer_lost, "crossed connection (theirs wins)", false);
-      } else {
-        fail_conn(other, outcome::peer_lost, "replaced by a new connection from the peer", false);
-      }
-    }
-  }
-  by_engine_[peer.engine] = c->id;
-  const uint64_t id = c->id;
+  // Endpoints are opened outside UCX callbacks.
   const uint64_t client_conn = h.op;
-  defer([this, id, client_conn] {
-    conn* c = find_conn(id);
-    if (c == nullptr || c->state != conn_state::awaiting_hello) return;
-    open_shm(c);
+  defer([this, peer = std::move(peer), client_conn] { accept_hello(peer, client_conn); });
+}
+
+void impl::accept_hello(const engine_address& peer, uint64_t client_conn) {
+  if (shutting_down_) return;
+  auto answer = [this, client_conn](conn* c) {
     msg_header ack;
     ack.from = address_.engine;
     ack.op = client_conn;
     auto* ctx = new request_ctx;
     ctx->header = ack;
-    c->state = conn_state::up;  // send_am routes by state-independent endpoints
     send_am(c, am_hello_ack, ctx, nullptr, 0, true);
-    bring_up(c);
-  });
+  };
+  auto it = by_engine_.find(peer.engine);
+  conn* existing = it == by_engine_.end() ? nullptr : find_conn(it->second);
+  if (existing != nullptr && existing->state == conn_state::connecting) {
+    // Both called at once: UCX has joined the two endpoints into one
+    // connection, so each side answers on its own and both are up.
+    answer(existing);
+    return bring_up(existing);
+  }
+  if (existing != nullptr && existing->state == conn_state::up)  // the peer lost its side and calls again
+    fail_conn(existing, outcome::peer_lost, "the peer opened a new connection", false);
+  auto owned = std::make_unique<conn>();
+  conn* c = owned.get();
+  c->owner = this;
+  c->id = next_conn_++;
+  c->client = false;
+  c->state = conn_state::up;
+  c->peer = peer;
+  c->deadline = clock::now() + opt_.connect_timeout;
+  conns_.emplace(c->id, std::move(owned));
+  by_engine_[peer.engine] = c->id;
+  ++s_.connections;
+  if (!open_peer_endpoint(c)) return;
+  answer(c);
+  bring_up(c);
 }
 
 void impl::on_hello_ack(const msg_header& h) {
@@ -279,9 +260,7 @@ void impl::on_hello_ack(const msg_header& h) {
   const uint64_t id = c->id;
   defer([this, id] {
     conn* c = find_conn(id);
-    if (c == nullptr || c->state != conn_state::connecting) return;
-    open_shm(c);
-    bring_up(c);
+    if (c != nullptr && c->state == conn_state::connecting) bring_up(c);
   });
 }
 
@@ -296,28 +275,12 @@ void impl::bring_up(conn* c) {
   }
 }
 
-void impl::open_shm(conn* c) {
-  if (!opt_.shared_memory || c->peer.worker_address.empty() || c->peer.host_id != address_.host_id) return;
-  ucp_ep_params_t p{};
-  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-  p.address = reinterpret_cast<const ucp_address_t*>(c->peer.worker_address.data());
-  p.err_mode = UCP_ERR_HANDLING_MODE_NONE;  // the only mode in which UCX 1.13 uses shared memory
-  const ucs_status_t st = ucp_ep_create(worker_, &p, &c->shm_ep);
-  if (st != UCS_OK) {
-    c->shm_ep = nullptr;
-    log()->warn("transfer engine {}: no shared-memory endpoint to {} ({}); staying on tcp", opt_.name, c->label(),
-                ucs_status_string(st));
-    return;
-  }
-  if (log()->should_log(spdlog::level::trace)) ucp_ep_print_info(c->shm_ep, stderr);  // lanes and transports
-}
-
 ucp_rkey_h impl::rkey(conn* c, const memory_descriptor& d) {
-  if (c->shm_ep == nullptr || d.remote_key.empty()) return nullptr;
+  if (!c->shared_memory || d.remote_key.empty()) return nullptr;
   auto it = c->rkeys.find(d.region);
   if (it != c->rkeys.end()) return it->second;
   ucp_rkey_h k = nullptr;
-  const ucs_status_t st = ucp_ep_rkey_unpack(c->shm_ep, d.remote_key.data(), &k);
+  const ucs_status_t st = ucp_ep_rkey_unpack(c->ep, d.remote_key.data(), &k);
   if (st != UCS_OK) {
     log()->warn("transfer engine {}: cannot unpack the key of region {} of {}: {}", opt_.name, d.region, c->label(),
                 ucs_status_string(st));
@@ -361,7 +324,6 @@ void impl::close_endpoints(uint64_t id, bool force) {
   if (it == conns_.end()) return;
   std::unique_ptr<conn> c = std::move(it->second);
   conns_.erase(it);
-  if (c->ep != nullptr) by_ep_.erase(c->ep);
   if (c->state != conn_state::closed) {  // shutdown path: forget it quietly
     auto b = by_engine_.find(c->peer.engine);
     if (b != by_engine_.end() && b->second == c->id) by_engine_.erase(b);
@@ -380,11 +342,10 @@ void impl::close_endpoints(uint64_t id, bool force) {
       log()->debug("transfer engine {}: closing an endpoint to {}: {}", opt_.name, c->label(),
                    ucs_status_string(UCS_PTR_STATUS(r)));
   };
-  // A forced close of the NONE endpoint is undefined while the peer lives;
-  // it is flushed (RMA and eager messages finish at once on one host).
-  if (c->shm_ep != nullptr) close(c->shm_ep, false);
-  if (c->ep != nullptr) close(c->ep, force);
-  c->shm_ep = c->ep = nullptr;
+  // A forced close of a NONE endpoint is undefined while the peer lives; it
+  // is flushed (RMA and eager messages finish at once on one host).
+  if (c->ep != nullptr) close(c->ep, force && !c->shared_memory);
+  c->ep = nullptr;
   closing_.push_back(std::move(c));
 }
 

@@ -133,8 +133,8 @@ struct conn {
   bool client = false;
   conn_state state = conn_state::connecting;
   engine_address peer;              ///< known at once for a client, after hello for a server
-  ucp_ep_h ep = nullptr;            ///< socket-address endpoint (PEER): requests, large payloads, liveness
-  ucp_ep_h shm_ep = nullptr;        ///< from the peer's worker address (NONE): every message, RMA
+  ucp_ep_h ep = nullptr;            ///< to the peer's worker address: everything (PEER mode: also liveness)
+  bool shared_memory = false;       ///< one host, shared memory on both sides: ep is in mode NONE
   clock::time_point deadline;       ///< end of the hello exchange
   std::vector<uint64_t> waiting;    ///< operations waiting for up
   std::unordered_map<uint64_t, ucp_rkey_h> rkeys;  ///< region -> unpacked rkey (RMA)
@@ -224,11 +224,13 @@ struct impl {
   conn* live_conn(uint64_t engine);
   /// The connection an operation runs on: up, connecting (it waits), or a new one.
   conn* conn_for(const engine_address& peer);
-  void accept(ucp_conn_request_h request);
-  void on_hello(const msg_header& h, const void* data, size_t length, const ucp_am_recv_param_t* param);
+  /// Opens the PEER endpoint to c->peer's worker address; false (c failed) when UCX refuses.
+  bool open_peer_endpoint(conn* c);
+  /// Server side of a hello: a connection back to the caller (deferred from the callback).
+  void accept_hello(const engine_address& peer, uint64_t client_conn);
+  void on_hello(const msg_header& h, const void* data, size_t length);
   void on_hello_ack(const msg_header& h);
   void bring_up(conn* c);
-  void open_shm(conn* c);
   /// Marks a connection closed once, fails its operations with `why`, closes its endpoints.
   void fail_conn(conn* c, outcome why, const std::string& reason, bool force);
   void close_endpoints(uint64_t id, bool force);
@@ -273,7 +275,6 @@ struct impl {
   // UCX objects: the progress thread's once it runs.
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
-  ucp_listener_h listener_ = nullptr;
   int worker_fd_ = -1;
   int wake_fd_ = -1;
 
@@ -291,7 +292,6 @@ struct impl {
   uint64_t next_region_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<conn>> conns_;
   std::unordered_map<uint64_t, uint64_t> by_engine_;  ///< peer engine -> its (one) open connection
-  std::unordered_map<ucp_ep_h, uint64_t> by_ep_;      ///< server: tcp endpoint -> connection (for hello)
   std::vector<std::unique_ptr<conn>> closing_;
   std::unordered_map<uint64_t, std::unique_ptr<op>> ops_;
   std::set<std::pair<clock::time_point, uint64_t>> deadlines_;

@@ -80,7 +80,7 @@ void impl::start(std::unique_ptr<op> owned) {
 
 void impl::run_op(op* o, conn* c) {
   o->conn = c->id;
-  o->shared_memory = c->shm_ep != nullptr;
+  o->shared_memory = c->shared_memory;
   const uint64_t id = o->id;
   switch (o->kind) {
     case op_kind::read: {
@@ -93,7 +93,7 @@ void impl::run_op(op* o, conn* c) {
         const size_t n = o->bytes;
         ctx->then = [this, id, n](ucs_status_t st) { buffer_done(id, st, true, n); };
         ucp_request_param_t p = request_param(ctx);
-        track(ucp_get_nbx(c->shm_ep, o->local, o->bytes, o->remote.address + o->offset, k, &p), ctx);
+        track(ucp_get_nbx(c->ep, o->local, o->bytes, o->remote.address + o->offset, k, &p), ctx);
         return;
       }
       o->state = op_state::requested;
@@ -116,7 +116,7 @@ void impl::run_op(op* o, conn* c) {
         put->owner = this;
         put->then = [this, id](ucs_status_t st) { buffer_done(id, st, false, 0); };
         ucp_request_param_t pp = request_param(put);
-        const ucp_ep_h ep = c->shm_ep;
+        const ucp_ep_h ep = c->ep;
         track(ucp_put_nbx(ep, o->local, o->bytes, o->remote.address + o->offset, k, &pp), put);
         auto* flush = new request_ctx;  // `o` may be gone after this one
         flush->owner = this;
@@ -388,7 +388,7 @@ void impl::deliver_eager(op* r, const char* data, size_t length, uint64_t sender
   }
   if (length > 0) std::memcpy(r->local, data, length);
   ack(sender, sender_op, outcome::ok, length);
-  if (conn* c = live_conn(sender)) r->shared_memory = c->shm_ep != nullptr;
+  if (conn* c = live_conn(sender)) r->shared_memory = c->shared_memory;
   finish(r, outcome::ok, length);
 }
 
@@ -493,7 +493,7 @@ ucs_status_t impl::on_send_data(conn* c, const msg_header& h, void* data, size_t
     finish(r, outcome::bad_request, 0);
     return UCS_OK;
   }
-  r->shared_memory = c->shm_ep != nullptr;
+  r->shared_memory = c->shared_memory;
   if (!rendezvous(p)) {
     if (length > 0) std::memcpy(r->local, data, length);
     ack(h.from, h.op2, outcome::ok, length);

@@ -262,12 +262,15 @@ TEST_CASE("transfer_engine ucx: descriptors and addresses survive the wire codec
   d.address = 0x7f0000001000;
   d.token = 0xdeadbeefcafef00d;
   d.owner.engine = 77;
-  d.owner.host = "10.0.0.7";
-  d.owner.port = 40123;
+  d.owner.host = "gpu-7";
+  d.owner.shared_memory = true;
   d.owner.host_id = "boot";
   d.owner.pid = 1234;
   d.owner.worker_address = std::string(300, '\x07');
   d.owner.device = 1;
+  d.mapped_fd = 12;
+  d.mapped_inode = 987654321;
+  d.mapped_offset = 4096;
   memory_descriptor back;
   REQUIRE(wire_unpack(wire_pack(d), back, nullptr) == errc::ok);
   CHECK(back.backend == d.backend);
@@ -278,11 +281,12 @@ TEST_CASE("transfer_engine ucx: descriptors and addresses survive the wire codec
   CHECK(back.token == d.token);
   CHECK(back.owner.engine == d.owner.engine);
   CHECK(back.owner.host == d.owner.host);
-  CHECK(back.owner.port == d.owner.port);
+  CHECK(back.owner.shared_memory);
   CHECK(back.owner.host_id == d.owner.host_id);
   CHECK(back.owner.pid == d.owner.pid);
   CHECK(back.owner.worker_address == d.owner.worker_address);
   CHECK(back.owner.device == d.owner.device);
+  CHECK((back.mapped_fd == 12 && back.mapped_inode == 987654321 && back.mapped_offset == 4096));
 }
 
 TEST_CASE("transfer_engine ucx: read and write in one process, tcp, shared memory and rma, 1 B to 64 MiB") {
@@ -293,6 +297,34 @@ TEST_CASE("transfer_engine ucx: read and write in one process, tcp, shared memor
     auto b = transfer_engine_ucx(options("b", shm, 10s, rma));
     check_read_write(*a, *b, shm, rma);
     CHECK(a->stats().connections == 1);
+  }
+}
+
+TEST_CASE("transfer_engine ucx: two engines that call each other at once settle on one connection") {
+  for (int round = 0; round < 10; ++round) {
+    CAPTURE(round);
+    auto a = transfer_engine_ucx(options("a", round % 2 == 0));
+    auto b = transfer_engine_ucx(options("b", round % 2 == 0));
+    std::vector<unsigned char> ra = patterned(4096, 1), rb = patterned(4096, 2), buf_a(4096), buf_b(4096);
+    const memory_descriptor da = a->register_memory(ra.data(), ra.size());
+    const memory_descriptor db = b->register_memory(rb.data(), rb.size());
+    completion x, y;
+    a->read(db, 0, buf_a.data(), buf_a.size(), x.done());  // both connect now
+    b->read(da, 0, buf_b.data(), buf_b.size(), y.done());
+    REQUIRE(x.wait(5s));
+    REQUIRE(y.wait(5s));
+    CHECK(x.e == errc::ok);
+    CHECK(y.e == errc::ok);
+    CHECK(buf_a == rb);
+    CHECK(buf_b == ra);
+    // Later operations in both directions take the one that won.
+    for (int i = 0; i < 5; ++i) {
+      CHECK(run([&](transfer_done done) { a->read(db, 0, buf_a.data(), 64, std::move(done)); }).first == errc::ok);
+      CHECK(run([&](transfer_done done) { b->read(da, 0, buf_b.data(), 64, std::move(done)); }).first == errc::ok);
+    }
+    CHECK(eventually([&] { return a->stats().peers == 1 && b->stats().peers == 1; }));
+    check_idle(*a);
+    check_idle(*b);
   }
 }
 
