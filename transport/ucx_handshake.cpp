@@ -77,10 +77,11 @@ bool read(const msgpack::object& o, uint32_t& v, const char* what, std::string* 
   return true;
 }
 
-bool read(const msgpack::object& o, std::string& v, const char* what, size_t max, std::string* why) {
+bool read(const msgpack::object& o, std::string& v, const char* what, size_t max, std::string* why,
+          size_t min = 1) {
   if (o.type != msgpack::type::STR) return *why = std::string(what) + " is not a string", false;
-  if (o.via.str.size == 0 || o.via.str.size > max)
-    return *why = std::string(what) + " must have 1.." + std::to_string(max) + " bytes", false;
+  if (o.via.str.size < min || o.via.str.size > max)
+    return *why = std::string(what) + " must have " + std::to_string(min) + ".." + std::to_string(max) + " bytes", false;
   v.assign(o.via.str.ptr, o.via.str.size);
   return true;
 }
@@ -219,7 +220,7 @@ std::string decode(const void* data, size_t size, hello& m) {
   if (m.protocol != protocol)
     return "handshake protocol " + std::to_string(m.protocol) + " (this node speaks " + std::to_string(protocol) + ")";
   if (!read(f[1], m.link, "link id", &why) || !read(f[2], m.token, "token", &why) ||
-      !read(f[3], m.name, "node name", max_name_bytes, &why) || !read(f[4], m.boot_id, "boot id", 256, &why) ||
+      !read(f[3], m.name, "node name", max_name_bytes, &why) || !read(f[4], m.boot_id, "boot id", 256, &why, 0) ||
       !read(f[5], m.n, "nonce", &why))
     return why;
   return {};
@@ -231,7 +232,7 @@ std::string decode(const void* data, size_t size, challenge& m) {
   if (!unpack_array(data, size, 6, h, &why)) return why;
   const msgpack::object* f = h.get().via.array.ptr;
   if (!read(f[0], m.link, "link id", &why) || !read(f[1], m.token, "token", &why) ||
-      !read(f[2], m.name, "node name", max_name_bytes, &why) || !read(f[3], m.boot_id, "boot id", 256, &why) ||
+      !read(f[2], m.name, "node name", max_name_bytes, &why) || !read(f[3], m.boot_id, "boot id", 256, &why, 0) ||
       !read(f[4], m.n, "nonce", &why) || !read(f[5], m.p, "proof", &why))
     return why;
   return {};

@@ -21,7 +21,8 @@
 // process on a malformed connection header. UCX's own transports still
 // listen on ports of their own and take connections from anyone; what
 // arrives there without a link's token is dropped. Boot ids tell whether
-// both run on one host (shared memory).
+// both run on one host (shared memory); a node with shared memory off sends
+// an empty one.
 // Bodies are msgpack arrays decoded under tight limits.
 #pragma once
 

@@ -105,7 +105,7 @@ void impl::start_client(const sockaddr_storage& addr, socklen_t len, std::string
   m.link = l->id;
   m.token = l->my_token;
   m.name = opt_.name;
-  m.boot_id = boot_id_;
+  m.boot_id = offered_boot_id();
   m.n = l->my_nonce;
   l->out = hs::frame(hs::frame_hello, hs::encode(m));  // written once the connect finishes
   transport_log()->debug("node {}: connecting to {}", opt_.name, l->where);

@@ -53,12 +53,12 @@ void impl::server_hello(link* l, const char* data, size_t length) {
   if (m.name == opt_.name) return fail_link(l, "peer claims this node's own name '" + m.name + "'", link_end::refused);
   l->peer_name = m.name;
   l->peer_nonce = m.n;
-  l->same_host = m.boot_id == boot_id_;
+  l->same_host = !m.boot_id.empty() && m.boot_id == offered_boot_id();
   hs::challenge c;
   c.link = l->id;
   c.token = l->my_token;
   c.name = opt_.name;
-  c.boot_id = boot_id_;
+  c.boot_id = offered_boot_id();
   c.n = l->my_nonce;
   c.p = hs::make_proof(opt_.secret, hs::role::server, m.n, l->my_nonce, m.name, opt_.name);
   l->state = link_state::awaiting_auth;
@@ -79,7 +79,7 @@ void impl::client_challenge(link* l, const char* data, size_t length) {
   }
   if (!claim_name(l, c.name)) return;
   l->peer_nonce = c.n;
-  l->same_host = c.boot_id == boot_id_;
+  l->same_host = !c.boot_id.empty() && c.boot_id == offered_boot_id();
   hs::auth a;
   a.p = hs::make_proof(opt_.secret, hs::role::client, c.n, l->my_nonce, opt_.name, c.name, worker_address_);
   a.worker_address = worker_address_;

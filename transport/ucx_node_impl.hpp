@@ -236,6 +236,14 @@ struct ucx_node::impl {
   ucx_node_options opt_;
   handlers h_;
   std::string boot_id_;
+  /// The boot id a handshake tells the peer: empty when shared memory is off,
+  /// so that both ends agree whether a link gets its shared-memory endpoint.
+  /// They must: UCX pairs the endpoints two workers open to each other by
+  /// creation order and fails a pair whose error modes differ.
+  const std::string& offered_boot_id() const {
+    static const std::string none;
+    return opt_.shared_memory ? boot_id_ : none;
+  }
   std::vector<char> worker_address_;  ///< what peers open their endpoints to
 
   // UCX objects: touched by the progress thread only once it runs.
