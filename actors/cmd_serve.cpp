@@ -18,6 +18,7 @@
 
 #include "actors/admin.hpp"
 #include "actors/commands.hpp"
+#include "actors/system_config.hpp"
 #include "actors/errors.hpp"
 #include "actors/gateway.hpp"
 #include "actors/instance.hpp"
@@ -133,8 +134,7 @@ int run_serve(serve_plan plan) {
   plan.gw.max_model_len = max_model_len;
 
   caf::actor_system_config cfg;
-  messages_register(cfg);
-  register_troupe_errors(cfg);
+  configure_actor_system(cfg);
   caf::actor_system sys{cfg};
   const router_actor router = router_spawn(sys);
   const admin_actor admin = admin_spawn(sys, router);

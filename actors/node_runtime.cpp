@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/admin.hpp"
+#include "actors/system_config.hpp"
 #include "actors/chunk_scheduler.hpp"
 #include "actors/errors.hpp"
 #include "actors/gateway.hpp"
@@ -92,8 +93,7 @@ void node_runtime::start() {
     s_->cfg = std::make_unique<caf::actor_system_config>();
     const bool cluster = s_->cluster.nodes.size() > 1;
     if (cluster) node_system::configure(*s_->cfg);
-    messages_register(*s_->cfg);
-    register_troupe_errors(*s_->cfg);
+    configure_actor_system(*s_->cfg);
     s_->sys = std::make_unique<caf::actor_system>(*s_->cfg);
     if (cluster) s_->start_links();
     s_->start_local();
@@ -114,6 +114,7 @@ void node_runtime::state::start_links() {
   o.heartbeat_interval = ms(lt.heartbeat_interval_ms.value);
   o.heartbeat_timeout = ms(lt.heartbeat_timeout_ms.value);
   o.handshake_timeout = ms(lt.handshake_timeout_ms.value);
+  o.busy_poll = std::chrono::microseconds(lt.busy_poll_us.value);
   try {
     net = std::make_unique<node_system>(*sys, std::move(o));
   } catch (const error& e) {

@@ -51,10 +51,14 @@ struct link_tunables {
   tunable connect_retry_max_ms{"connect-retry-max-ms", 5000, 100, 600000,
                                "longest wait between attempts to reach a node that is not up, in ms (the wait "
                                "starts at 100 ms and doubles)"};
+  tunable busy_poll_us{"busy-poll-us", 100, 0, 100000,
+                       "after traffic a node's link thread keeps polling this long before it sleeps, in us: an "
+                       "answer within it costs no wake-up; 0 on hosts whose cores are oversubscribed"};
 
   /// All of them, for binding and validation.
   std::vector<tunable*> all() {
-    return {&heartbeat_interval_ms, &heartbeat_timeout_ms, &handshake_timeout_ms, &connect_retry_max_ms};
+    return {&heartbeat_interval_ms, &heartbeat_timeout_ms, &handshake_timeout_ms, &connect_retry_max_ms,
+            &busy_poll_us};
   }
 };
 

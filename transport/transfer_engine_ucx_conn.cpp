@@ -201,7 +201,7 @@ bool impl::open_peer_endpoint(conn* c) {
     fail_conn(c, outcome::peer_lost, std::string("ucp_ep_create: ") + ucs_status_string(st), false);
     return false;
   }
-  if (c->shared_memory && log()->should_log(spdlog::level::trace)) ucp_ep_print_info(c->ep, stderr);
+  if (log()->should_log(spdlog::level::trace)) ucp_ep_print_info(c->ep, stderr);  // lanes and transports
   return true;
 }
 

@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/chunk_scheduler.hpp"
+#include "actors/system_config.hpp"
 #include "actors/errors.hpp"
 #include "kernels/threads.hpp"
 #include "model/generate.hpp"
@@ -113,8 +114,7 @@ struct fixture {
   explicit fixture(instance_options o = {}) {
     cpu_threads_set(1);  // the references run on this thread; 2 shared cores
     actors_log()->set_level(spdlog::level::warn);
-    messages_register(cfg);
-    register_troupe_errors(cfg);
+    configure_actor_system(cfg);  // as serve and node do
     sys = std::make_unique<caf::actor_system>(cfg);
     self = std::make_unique<caf::scoped_actor>(*sys);
     o.model_dir = demo_dir;

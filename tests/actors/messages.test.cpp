@@ -2,6 +2,7 @@
 // inside a caf::message (which only works for registered types: an
 // unregistered one serializes to nothing without reporting an error).
 #include "actors/messages.hpp"
+#include "actors/system_config.hpp"
 
 #include <doctest/doctest.h>
 
@@ -18,8 +19,7 @@ struct test_system {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
   test_system() {
-    messages_register(cfg);
-    register_troupe_errors(cfg);
+    configure_actor_system(cfg);  // as serve and node do
     sys = std::make_unique<caf::actor_system>(cfg);
   }
 };

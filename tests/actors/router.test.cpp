@@ -15,6 +15,7 @@
 
 #include "actors/admin.hpp"
 #include "actors/chunk_scheduler.hpp"
+#include "actors/system_config.hpp"
 #include "actors/errors.hpp"
 #include "actors/instance.hpp"
 #include "kernels/threads.hpp"
@@ -34,8 +35,7 @@ struct harness {
   harness() {
     cpu_threads_set(1);
     actors_log()->set_level(spdlog::level::warn);
-    messages_register(cfg);
-    register_troupe_errors(cfg);
+    configure_actor_system(cfg);  // as serve and node do
     sys = std::make_unique<caf::actor_system>(cfg);
     self = std::make_unique<caf::scoped_actor>(*sys);
     router = router_spawn(*sys);

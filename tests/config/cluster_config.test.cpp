@@ -148,14 +148,17 @@ TEST_CASE("cluster config: link settings have declared defaults and are checked"
   CHECK(c.links.heartbeat_timeout_ms.value == 2000);
   CHECK(c.links.handshake_timeout_ms.value == 2000);
   CHECK(c.links.connect_retry_max_ms.value == 5000);
+  CHECK(c.links.busy_poll_us.value == 100);
   CHECK(c.nodes[0].bind.empty());
   CHECK(c.nodes[0].listen_host() == "127.0.0.1");
   const cluster_config d = cluster_config_parse(
-      std::string("[links]\nheartbeat-interval-ms = 100\nheartbeat-timeout-ms = 250\nconnect-retry-max-ms = 1000\n") + minimal,
+      std::string("[links]\nheartbeat-interval-ms = 100\nheartbeat-timeout-ms = 250\nconnect-retry-max-ms = 1000\n"
+                  "busy-poll-us = 0\n") + minimal,
       "c.toml", "/base");
   CHECK(d.links.heartbeat_interval_ms.value == 100);
   CHECK(d.links.heartbeat_timeout_ms.value == 250);
   CHECK(d.links.connect_retry_max_ms.value == 1000);
+  CHECK(d.links.busy_poll_us.value == 0);
   CHECK(d.links.handshake_timeout_ms.value == defaults.handshake_timeout_ms.value);
   CHECK(error_of(std::string("[links]\nheartbeat-interval-ms = 5\n") + minimal) ==
         "c.toml:2:25: links.heartbeat-interval-ms: must be in [10, 60000], got 5");
