@@ -14,6 +14,9 @@ const char* errc_name(errc e) {
     case errc::errc_context_overflow: return "context_overflow";
     case errc::errc_unsupported: return "unsupported";
     case errc::errc_cuda: return "cuda";
+    case errc::errc_timeout: return "timeout";
+    case errc::errc_peer_lost: return "peer_lost";
+    case errc::errc_cancelled: return "cancelled";
   }
   return "unknown";
 }

@@ -21,6 +21,9 @@ enum class errc : uint8_t {
   errc_context_overflow,   ///< a sequence would grow past the model's context
   errc_unsupported,        ///< a valid input troupe does not implement
   errc_cuda,               ///< the CUDA runtime, cuBLAS or a kernel launch failed
+  errc_timeout,            ///< an operation did not finish within its time limit
+  errc_peer_lost,          ///< the connection to another process or node failed or was closed
+  errc_cancelled,          ///< the operation was abandoned because its owner shut down
 };
 
 /// Short stable name of an error code ("kv_exhausted").

@@ -77,19 +77,17 @@ typename Inspector::result_type inspect(Inspector& f, memory_descriptor& x) {
 /// returns (local); it must not block and must not destroy the engine.
 using transfer_done = std::function<void(errc, size_t bytes)>;
 
-/// The errc each kind of transfer failure surfaces as. config/errors.hpp has
-/// no finer codes yet; these names are the one place to change when it does.
-/// stats() tells the kinds apart meanwhile.
+/// The errc each kind of transfer failure surfaces as.
 namespace transfer_error {
 /// A range outside the region, an unknown or stale region, a wrong key, a
 /// recv buffer too small for the message, a descriptor of another backend.
 inline constexpr errc bad_request = errc::errc_invalid_argument;
 /// The operation did not finish within the engine's timeout (lost, stalled peer).
-inline constexpr errc timeout = errc::errc_io;
+inline constexpr errc timeout = errc::errc_timeout;
 /// The connection to the peer failed or was closed (peer died, disconnect()).
-inline constexpr errc peer_lost = errc::errc_io;
+inline constexpr errc peer_lost = errc::errc_peer_lost;
 /// The engine shut down before the operation finished.
-inline constexpr errc cancelled = errc::errc_io;
+inline constexpr errc cancelled = errc::errc_cancelled;
 /// The backend cannot do this (e.g. send/recv on cuda_ipc).
 inline constexpr errc unsupported = errc::errc_unsupported;
 }  // namespace transfer_error

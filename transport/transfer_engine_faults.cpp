@@ -74,13 +74,13 @@ struct transfer_fault_injector::impl {
     done(e, n);
   }
 
-  // The counter an inner engine's result belongs to. Its errc does not tell
-  // timeout from peer_lost (both errc_io, see transfer_error); an error that
-  // came a whole timeout after the start counts as a timeout.
-  static counter classify(errc e, bool timed_out_hint) {
+  // The counter an inner engine's result belongs to.
+  static counter classify(errc e) {
     if (e == errc::ok) return counter::completed;
-    if (e == transfer_error::bad_request || e == transfer_error::unsupported) return counter::failed;
-    return timed_out_hint ? counter::timed_out : counter::peer_lost;
+    if (e == transfer_error::timeout) return counter::timed_out;
+    if (e == transfer_error::peer_lost) return counter::peer_lost;
+    if (e == transfer_error::cancelled) return counter::cancelled;
+    return counter::failed;
   }
 
   void start(pending p) {
@@ -149,10 +149,7 @@ struct transfer_fault_injector::impl {
       return pass(p, n, std::move(wrapped));
     }
     auto done = std::make_shared<transfer_done>(std::move(p.done));
-    const auto started_at = clock_type::now();
-    auto wrapped = [this, done, started_at](errc e, size_t moved) {
-      end(*done, e, moved, classify(e, clock_type::now() - started_at >= timeout));
-    };
+    auto wrapped = [this, done](errc e, size_t moved) { end(*done, e, moved, classify(e)); };
     pass(p, n, std::move(wrapped));
   }
 
