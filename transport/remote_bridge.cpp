@@ -17,7 +17,6 @@
 
 namespace troupe {
 
-using ucx_detail::transport_log;
 
 namespace {
 

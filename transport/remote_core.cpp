@@ -18,7 +18,6 @@
 
 namespace troupe {
 
-using ucx_detail::transport_log;
 
 namespace {
 
@@ -39,10 +38,6 @@ void wire_context::exec_later(caf::resumable* job) { system().scheduler().enqueu
 void remote_bounce(caf::mailbox_element& what, const caf::error& err) {
   if (!what.mid.is_request() || what.sender == nullptr) return;
   what.sender->enqueue(caf::make_mailbox_element(nullptr, what.mid.response_id(), {}, err), nullptr);
-}
-
-caf::error remote_error(errc code, const std::string& context) {
-  return caf::error{static_cast<uint8_t>(code), caf::atom("troupe"), caf::make_message(context)};
 }
 
 caf::error remote_down_error(caf::actor_system& sys, caf::actor_id aid, const std::string& node,

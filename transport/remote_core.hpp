@@ -43,19 +43,11 @@
 #include <utility>
 #include <vector>
 
+#include "transport/log.hpp"
 #include "transport/node_system.hpp"
 #include "transport/ucx_node.hpp"
 
-namespace spdlog {
-class logger;
-}  // namespace spdlog
-
 namespace troupe {
-
-namespace ucx_detail {
-/// The transport folder's logger (defined in ucx_node.cpp).
-std::shared_ptr<spdlog::logger> transport_log();
-}  // namespace ucx_detail
 
 /// The execution unit wire_writer / wire_reader carry: it names the actor
 /// system (registered types, the actor registry) and the proxy registry that
@@ -70,10 +62,6 @@ class wire_context final : public caf::execution_unit {
 
 /// Answers the request in `what` with `err` (async messages: nothing to do).
 void remote_bounce(caf::mailbox_element& what, const caf::error& err);
-
-/// A caf::error of troupe's category ("troupe", code = errc) with a context
-/// string, the same form the actor layer's make_caf_error produces.
-caf::error remote_error(errc code, const std::string& context);
 
 /// The error a request to a dead remote actor gets: request_receiver_down,
 /// naming the actor, its node and why it went down.

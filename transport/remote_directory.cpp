@@ -13,13 +13,13 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
+#include "transport/caf_errors.hpp"
 #include "transport/remote_core.hpp"
 #include "transport/remote_protocol.hpp"
 #include "transport/remote_proxy.hpp"
 
 namespace troupe {
 
-using ucx_detail::transport_log;
 
 namespace {
 
@@ -48,7 +48,7 @@ void remote_core::spawn_directory() {
           if (core == nullptr) return caf::make_error(caf::sec::request_receiver_down, "the node system shut down");
           auto actor = core->published(name);
           if (actor == nullptr)
-            return remote_error(errc::errc_invalid_argument,
+            return make_caf_error(errc::errc_invalid_argument,
                                 "no actor named '" + name + "' is published on node '" + core->name() + "'");
           std::set<std::string> types = actor->get()->message_types();
           return {std::move(actor), std::move(types)};
@@ -133,9 +133,9 @@ caf::error remote_core::connect(const std::string& host, uint16_t port, const st
     if (node_ != nullptr) rc = node_->connect(host, port, expected_name);
   }
   const std::string where = host + ":" + std::to_string(port);
-  if (rc != errc::ok) return remote_error(rc, "node '" + options_.name + "' cannot connect to " + where);
+  if (rc != errc::ok) return make_caf_error(rc, "node '" + options_.name + "' cannot connect to " + where);
   if (expected_name.empty() || timeout.count() <= 0 || wait_ready(expected_name, timeout)) return caf::none;
-  return remote_error(errc::errc_io, "node '" + expected_name + "' at " + where + " was not ready within " +
+  return make_caf_error(errc::errc_io, "node '" + expected_name + "' at " + where + " was not ready within " +
                                          std::to_string(timeout.count()) +
                                          " ms (refused, unreachable or slow: see the transport log)");
 }
@@ -156,7 +156,7 @@ caf::expected<caf::strong_actor_ptr> remote_core::lookup(const std::string& node
   std::vector<std::pair<std::string, caf::actor>> directories;
   if (!node.empty()) {
     if (!wait_ready(node, timeout))
-      return remote_error(errc::errc_invalid_argument, "cannot look up '" + name + "': node '" + node +
+      return make_caf_error(errc::errc_invalid_argument, "cannot look up '" + name + "': node '" + node +
                                                            "' is not connected to node '" + options_.name + "'");
     std::lock_guard<std::mutex> lock(mu_);
     auto it = peers_.find(node);
@@ -167,7 +167,7 @@ caf::expected<caf::strong_actor_ptr> remote_core::lookup(const std::string& node
       if (p.directory != nullptr) directories.emplace_back(n, caf::actor_cast<caf::actor>(p.directory));
   }
   if (directories.empty())
-    return remote_error(errc::errc_invalid_argument,
+    return make_caf_error(errc::errc_invalid_argument,
                         "cannot look up '" + name + "': node '" + options_.name + "' has no connected peer");
   // Ask them all at once, then collect the answers.
   struct answer {
@@ -197,19 +197,19 @@ caf::expected<caf::strong_actor_ptr> remote_core::lookup(const std::string& node
           });
   }
   if (found.empty())
-    return remote_error(errc::errc_invalid_argument, "remote actor '" + name + "' not found (" + errors + ")");
+    return make_caf_error(errc::errc_invalid_argument, "remote actor '" + name + "' not found (" + errors + ")");
   if (found.size() > 1) {
     std::string nodes;
     for (const auto& a : found) nodes += (nodes.empty() ? "" : ", ") + a.node;
-    return remote_error(errc::errc_invalid_argument,
+    return make_caf_error(errc::errc_invalid_argument,
                         "remote actor '" + name + "' is published on several nodes (" + nodes + "): name the node");
   }
   answer& a = found.front();
   if (a.actor == nullptr)
-    return remote_error(errc::errc_io, "remote actor '" + name + "' on node '" + a.node +
+    return make_caf_error(errc::errc_io, "remote actor '" + name + "' on node '" + a.node +
                                            "': its handle could not be read (link lost?)");
   if (typed && !sys_.assignable(a.types, expected))
-    return remote_error(errc::errc_invalid_argument, "remote actor '" + name + "' on node '" + a.node +
+    return make_caf_error(errc::errc_invalid_argument, "remote actor '" + name + "' on node '" + a.node +
                                                          "' has the interface " + join(a.types) +
                                                          ", which does not provide the requested " + join(expected));
   return std::move(a.actor);

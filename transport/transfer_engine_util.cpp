@@ -1,25 +1,16 @@
 // Shared pieces of the transfer_engine backends (see transfer_engine_util.hpp).
 #include "transport/transfer_engine_util.hpp"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <sys/random.h>
 #include <unistd.h>
 
 #include <fstream>
 
+#include "transport/log.hpp"
+
 namespace troupe::te_util {
 
-std::shared_ptr<spdlog::logger> log() {
-  static const std::shared_ptr<spdlog::logger> l = [] {
-    if (auto existing = spdlog::get("transport")) return existing;
-    try {
-      return spdlog::stderr_color_mt("transport");
-    } catch (const spdlog::spdlog_ex&) {  // another thread registered it first
-      return spdlog::get("transport");
-    }
-  }();
-  return l;
-}
+std::shared_ptr<spdlog::logger> log() { return transport_log(); }
 
 uint64_t random_id() {
   uint64_t v = 0;

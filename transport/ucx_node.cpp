@@ -39,22 +39,6 @@ namespace troupe {
 
 using namespace ucx_detail;
 
-namespace ucx_detail {
-
-std::shared_ptr<spdlog::logger> transport_log() {
-  static const std::shared_ptr<spdlog::logger> log = [] {
-    if (auto l = spdlog::get("transport")) return l;
-    try {
-      return spdlog::stderr_color_mt("transport");
-    } catch (const spdlog::spdlog_ex&) {  // another thread registered it first
-      return spdlog::get("transport");
-    }
-  }();
-  return log;
-}
-
-}  // namespace ucx_detail
-
 namespace {
 
 // host:port → socket address; errc_invalid_argument (why in *why) when it does not resolve.

@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "transport/log.hpp"
 #include "transport/ucx_handshake.hpp"
 #include "transport/ucx_node.hpp"
 
@@ -132,9 +133,6 @@ struct link {
   std::string label() const { return peer_name.empty() ? where : peer_name + " (" + where + ")"; }
   am_header header_to_peer(uint64_t seq = 0) const { return am_header{peer_link, 0, peer_token, seq}; }
 };
-
-/// The transport folder's logger.
-std::shared_ptr<spdlog::logger> transport_log();
 
 }  // namespace ucx_detail
 
