@@ -115,10 +115,9 @@ ucx_node_options node_options(const std::string& name, bool shm, const settings&
   o.secret = secret;
   o.shared_memory = shm;
   if (s.busy_poll_us >= 0) o.busy_poll = std::chrono::microseconds(s.busy_poll_us);
-  // Room for 64 MiB as one actor message (the reference row).
+  // Room for 64 MiB as one actor message (the reference row); a blob is
+  // bounded by the envelope's size only.
   o.limits.max_envelope_bytes = s.bytes + (1u << 20);
-  o.limits.max_string_bytes = s.bytes + (1u << 20);
-  o.limits.max_elements = s.bytes + (1u << 20);  // a std::vector<char>'s length is checked as an element count
   return o;
 }
 

@@ -21,9 +21,12 @@ struct vector_stream {
 
 caf::error make_fail(const std::string& what) { return caf::make_error(caf::sec::invalid_argument, what); }
 
+// Strings by max_string_bytes; bins (blobs, the envelope's payload) cost no
+// more memory than their bytes, which the envelope's size bounds.
 msgpack::unpack_limit limit_of(const wire_limits& l) {
   const auto n = static_cast<std::size_t>(l.max_elements), s = static_cast<std::size_t>(l.max_string_bytes);
-  return msgpack::unpack_limit(n, n, s, s, s, 64);
+  const auto b = static_cast<std::size_t>(l.max_envelope_bytes);
+  return msgpack::unpack_limit(n, n, s, b, s, 64);
 }
 
 }  // namespace
@@ -120,11 +123,30 @@ caf::error wire_reader::begin_sequence(size_t& num) {
   uint64_t n = 0;
   if (auto e = get(n, "a sequence length")) return e;
   // Every element takes at least one byte: a longer claim is hostile or truncated.
-  if (n > size_ - offset_ || n > limits_.max_elements)
+  if (n > size_ - offset_)
     return fail("sequence of " + std::to_string(n) + " elements exceeds the " + std::to_string(size_ - offset_) +
                 " bytes left");
+  // A byte sequence (std::vector<char>, a blob) follows as one bin of the
+  // same length, which costs no more memory than its bytes: only the
+  // envelope's size bounds it. Other elements may each allocate, so their
+  // count is bounded.
+  if (n > limits_.max_elements && bin_length_at(offset_) != n)
+    return fail("sequence of " + std::to_string(n) + " elements exceeds the limit of " +
+                std::to_string(limits_.max_elements));
   num = static_cast<size_t>(n);
   return caf::none;
+}
+
+uint64_t wire_reader::bin_length_at(size_t at) const {
+  // msgpack bin 8/16/32: a marker byte, then the length big-endian.
+  if (at >= size_) return UINT64_MAX;
+  const auto* p = reinterpret_cast<const unsigned char*>(data_) + at;
+  const size_t left = size_ - at;
+  const int width = p[0] == 0xc4 ? 1 : p[0] == 0xc5 ? 2 : p[0] == 0xc6 ? 4 : 0;
+  if (width == 0 || left < static_cast<size_t>(1 + width)) return UINT64_MAX;
+  uint64_t n = 0;
+  for (int i = 1; i <= width; ++i) n = (n << 8) | p[i];
+  return n;
 }
 caf::error wire_reader::end_sequence() { return caf::none; }
 caf::error wire_reader::apply_raw(size_t num_bytes, void* data) {

@@ -44,8 +44,8 @@ inline constexpr uint32_t wire_version = 1;
 /// Limits of one decoded envelope.
 struct wire_limits {
   size_t max_envelope_bytes = 64u << 20;  ///< whole envelope
-  size_t max_string_bytes = 16u << 20;    ///< one string or bin value
-  size_t max_elements = 1u << 24;         ///< one array or map
+  size_t max_string_bytes = 16u << 20;    ///< one string
+  size_t max_elements = 1u << 24;         ///< one array or map (a byte sequence, a blob, is bounded by the envelope only)
   size_t max_depth = 16;                  ///< objects nested in objects (caf::message inside caf::message …)
 };
 
@@ -146,6 +146,8 @@ class wire_reader final : public caf::deserializer {
   template <class T>
   caf::error get(T& v, const char* what);
   caf::error fail(const std::string& what);
+  /// The length of the msgpack bin at `at`, or UINT64_MAX when none is there.
+  uint64_t bin_length_at(size_t at) const;
   const char* data_;
   size_t size_;
   size_t offset_ = 0;

@@ -116,6 +116,32 @@ TEST_CASE("wire codec: malformed payloads are refused with a reason") {
   CHECK(wire_unpack(wire_pack(big), s, &why, small) == errc::errc_invalid_argument);
 }
 
+TEST_CASE("wire codec: blobs larger than the element limit travel as one bin; other sequences stay bounded") {
+  wire_limits limits;
+  limits.max_elements = 1000;
+  limits.max_envelope_bytes = 1u << 20;
+  std::vector<char> blob(300000);
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>(i * 7);
+  std::vector<char> back;
+  std::string why;
+  REQUIRE(wire_unpack(wire_pack(blob), back, &why, limits) == errc::ok);
+  CHECK(back == blob);
+  // The same count of other elements is refused by the element limit.
+  std::vector<int32_t> ints(3000, 1), ints_back;
+  CHECK(wire_unpack(wire_pack(ints), ints_back, &why, limits) == errc::errc_invalid_argument);
+  CHECK(why.find("limit of 1000") != std::string::npos);
+  // A blob length that its bin does not match is refused, as is a blob over the envelope limit.
+  std::vector<char> lying = wire_pack(blob);
+  lying[3] = static_cast<char>(lying[3] + 1);  // the sequence length (uint32 after 0xce), now 256 more
+  CHECK(wire_unpack(lying, back, &why, limits) == errc::errc_invalid_argument);
+  std::vector<char> huge(2u << 20, 'x');
+  CHECK(wire_unpack(wire_pack(huge), back, &why, limits) == errc::errc_invalid_argument);
+  // With the default limits a 48 MiB blob round-trips (over the 16 M element limit, which does not apply to it).
+  std::vector<char> big(48u << 20, 'y'), big_back;
+  REQUIRE(wire_unpack(wire_pack(big), big_back, &why) == errc::ok);
+  CHECK(big_back.size() == big.size());
+}
+
 TEST_CASE("wire codec: the envelope round-trips and bad envelopes are named") {
   wire_envelope e;
   e.type = "troupe.step_plan";
