@@ -320,7 +320,9 @@ TEST_CASE("remote actors: typed request/response across nodes over tcp and share
     auto local_timer = p.a.keep(p.a.sys->spawn(pinger, caf::actor_cast<calc_actor>(p.a.kept[0])));
     double remote_us = 0, local_us = 0;
     for (const int32_t n : {200, 2000}) {  // the first round warms up
-      self->request(timer, 10s, n)
+      // 2000 sequential round trips take ~1 s here; a CI host running other
+      // tests beside this one has taken over 10 s.
+      self->request(timer, 60s, n)
           .receive([&](double r) { remote_us = r; }, [&](caf::error& e) { FAIL(p.b.render(e)); });
       self->request(local_timer, 10s, n)
           .receive([&](double r) { local_us = r; }, [&](caf::error& e) { FAIL(p.b.render(e)); });
