@@ -275,7 +275,9 @@ void ucx_node::impl::run() {
   std::unique_lock<std::mutex> ucx(ucx_mu_);
   std::vector<pollfd> fds;
   const bool busy_poll = opt_.busy_poll.count() > 0;
-  clock::time_point busy_until{}, next_tick{};
+  clock::time_point busy_until{}, next_tick{}, contended_until{};
+  const clock::duration contention_threshold =
+      std::max<clock::duration>(std::chrono::milliseconds(1), 2 * opt_.busy_poll);
   for (;;) {
     const bool ran = run_commands();
     if (stop_) break;
@@ -284,7 +286,8 @@ void ucx_node::impl::run() {
     run_deferred();
     const clock::time_point now = clock::now();
     bool busy = false;
-    if (busy_poll) {
+    const bool contended = now < contended_until;
+    if (busy_poll && !contended) {
       if (ran || progressed) busy_until = now + opt_.busy_poll;
       const clock::time_point sent{clock::duration(inline_sent_ns_.load())};
       busy_until = std::max(busy_until, sent + opt_.busy_poll);
@@ -300,7 +303,15 @@ void ucx_node::impl::run() {
     reap_closing();
     if (busy) {
       ucx.unlock();  // an inline sender may take it meanwhile
+      const clock::time_point yielded = clock::now();
       std::this_thread::yield();
+      // A yield that gave the core away for a millisecond or more means
+      // other threads keep this core busy (a CAF worker handling the message
+      // just delivered takes tens of microseconds): polling would only queue
+      // this thread behind them (measured: a remote round trip 5-7x slower
+      // beside three busy processes on two cores). Sleep in poll() for a
+      // while instead, where the event wakes it with the scheduler's priority.
+      if (clock::now() - yielded >= contention_threshold) contended_until = clock::now() + std::chrono::milliseconds(20);
       ucx.lock();
       continue;
     }
@@ -313,7 +324,8 @@ void ucx_node::impl::run() {
       std::lock_guard<std::mutex> lock(mu_);
       queued = !commands_.empty();
     }
-    if (busy_poll && clock::time_point{clock::duration(inline_sent_ns_.load())} + opt_.busy_poll > clock::now())
+    if (busy_poll && !contended &&
+        clock::time_point{clock::duration(inline_sent_ns_.load())} + opt_.busy_poll > clock::now())
       queued = true;  // an inline send since the check above: poll for its answer
     if (queued) {
       sleeping_ = false;
