@@ -110,6 +110,7 @@ void node_runtime::state::start_links() {
   o.name = me.name;
   o.secret = cluster.secret;
   o.host = me.listen_host();
+  o.advertised_host = me.address;
   o.port = me.port;
   o.heartbeat_interval = ms(lt.heartbeat_interval_ms.value);
   o.heartbeat_timeout = ms(lt.heartbeat_timeout_ms.value);

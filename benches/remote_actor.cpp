@@ -141,6 +141,7 @@ struct troupe_node {
     net = std::make_unique<node_system>(*sys, node_options(name, shm, s));
     ucx_engine_options eo;
     eo.name = name + "-te";
+    eo.advertised_host = "127.0.0.1";
     eo.shared_memory = shm;
     eo.timeout = 60s;
     te = transfer_engine_ucx(eo);

@@ -81,6 +81,7 @@ pid_t start_owner(bool shm, size_t bytes, memory_descriptor& region, int& to_chi
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     ucx_engine_options o;
     o.name = "owner";
+    o.advertised_host = "127.0.0.1";
     o.shared_memory = shm;
     o.busy_poll = std::chrono::microseconds(busy_poll_us);
     auto te = transfer_engine_ucx(o);
@@ -123,6 +124,7 @@ std::vector<row> measure(bool shm, size_t bytes, int reps, int small_reps) {
   const pid_t pid = start_owner(shm, bytes, d, to_child);
   ucx_engine_options o;
   o.name = "bench";
+  o.advertised_host = "127.0.0.1";
   o.shared_memory = shm;
   o.timeout = std::chrono::seconds(60);
   o.busy_poll = std::chrono::microseconds(busy_poll_us);

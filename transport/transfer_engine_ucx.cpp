@@ -17,6 +17,7 @@
 #include <future>
 #include <netdb.h>
 
+#include "transport/net_device.hpp"
 #include "transport/transfer_engine_ucx_impl.hpp"
 
 namespace troupe {
@@ -49,6 +50,14 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
 
   ucp_config_t* config = nullptr;
   TROUPE_TE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
+  const std::string device = std::getenv("UCX_NET_DEVICES") == nullptr ? net_device_for(opt_.advertised_host) : "";
+  if (!device.empty()) {
+    const ucs_status_t mst = ucp_config_modify(config, "NET_DEVICES", device.c_str());
+    if (mst != UCS_OK) {
+      ucp_config_release(config);
+      TROUPE_TE_UCS_CHECK(mst, "ucp_config_modify NET_DEVICES=" + device);
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;

@@ -53,6 +53,10 @@ namespace troupe {
 /// Settings of one ucx engine.
 struct ucx_engine_options {
   std::string name = "te";                       ///< for logs
+  /// The address peers reach this engine at: UCX's network endpoints are
+  /// pinned to the interface holding it unless UCX_NET_DEVICES is set
+  /// (net_device.hpp says why). Empty: every interface.
+  std::string advertised_host;
   bool shared_memory = true;                     ///< use shared memory (mapped buffers, cma) with peers on this host
   bool rma = false;                              ///< registrations carry a packed rkey; same-host peers then use ucp_get/put
   std::chrono::milliseconds timeout{10000};      ///< per operation, from its start to done

@@ -33,6 +33,7 @@
 #include <cstring>
 #include <thread>
 
+#include "transport/net_device.hpp"
 #include "transport/ucx_node_impl.hpp"
 
 namespace troupe {
@@ -98,6 +99,21 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
 
   ucp_config_t* config = nullptr;
   TROUPE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
+  // Pin the links to the interface peers reach this node on (an explicit
+  // UCX_NET_DEVICES wins): UCX would otherwise also advertise, and may pick,
+  // interfaces the peer cannot reach.
+  std::string device;
+  if (std::getenv("UCX_NET_DEVICES") == nullptr) {
+    device = net_device_for(opt_.host);
+    if (device.empty()) device = net_device_for(opt_.advertised_host);
+    if (!device.empty()) {
+      const ucs_status_t mst = ucp_config_modify(config, "NET_DEVICES", device.c_str());
+      if (mst != UCS_OK) {
+        ucp_config_release(config);
+        TROUPE_UCS_CHECK(mst, "ucp_config_modify NET_DEVICES=" + device);
+      }
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
   params.features = UCP_FEATURE_AM | UCP_FEATURE_TAG | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
@@ -134,8 +150,8 @@ ucx_node::impl::impl(ucx_node_options o, handlers h) : opt_(std::move(o)), h_(st
     throw;
   }
   next_heartbeat_ = clock::now() + opt_.heartbeat_interval;
-  transport_log()->info("node {} listening on {}:{} (shared memory {})", opt_.name, opt_.host, port_,
-                        opt_.shared_memory ? "on" : "off");
+  transport_log()->info("node {} listening on {}:{} (shared memory {}, UCX network device {})", opt_.name,
+                        opt_.host, port_, opt_.shared_memory ? "on" : "off", device.empty() ? "any" : device);
   thread_ = std::thread([this] { run(); });
 }
 

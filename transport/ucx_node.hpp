@@ -65,6 +65,10 @@ struct ucx_node_options {
   std::string secret;                                 ///< the cluster secret both ends of a link must share (not empty)
   std::string host = "127.0.0.1";                     ///< address the listener binds
   uint16_t port = 0;                                  ///< listener port; 0 = an ephemeral port (see ucx_node::port())
+  /// The address peers reach this node at when `host` is a wildcard. UCX's
+  /// network endpoints are pinned to the interface holding it (or `host`),
+  /// unless UCX_NET_DEVICES is set (net_device.hpp says why).
+  std::string advertised_host;
   bool shared_memory = true;                          ///< same-host links move envelopes over shared memory
   std::chrono::milliseconds heartbeat_interval{500};  ///< how often an up link says it is alive
   std::chrono::milliseconds heartbeat_timeout{2000};  ///< a link silent this long is declared down

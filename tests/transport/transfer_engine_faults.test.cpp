@@ -31,6 +31,7 @@ struct fixture {
       if (which == 0) return transfer_engine_local();
       ucx_engine_options o;
       o.name = n;
+      o.advertised_host = "127.0.0.1";  // loopback only: tests beside these may add and remove interfaces
       o.shared_memory = which == 2;
       o.timeout = timeout;
       return transfer_engine_ucx(o);

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <thread>
 
+#include "transport/net_device.hpp"
 #include "transport/ucx_handshake.hpp"
 
 using namespace troupe;
@@ -247,6 +248,15 @@ TEST_CASE("ucx handshake: proofs bind the secret, the role, both nonces, both na
   h.protocol = 9;
   const std::vector<char> v9 = hs::encode(h);
   CHECK(hs::decode(v9.data(), v9.size(), back).find("protocol 9") != std::string::npos);
+}
+
+TEST_CASE("net_device_for: the interface that holds or covers an address, none for wildcards and strangers") {
+  CHECK(net_device_for("127.0.0.1") == "lo");
+  CHECK(net_device_for("127.0.0.2") == "lo");  // inside lo's 127.0.0.0/8
+  CHECK(net_device_for("localhost") == "lo");
+  CHECK(net_device_for("0.0.0.0").empty());
+  CHECK(net_device_for("").empty());
+  CHECK(net_device_for("no-such-host.invalid").empty());
 }
 
 TEST_CASE("ucx_node: envelopes both ways, in order, ids kept, 1 MiB and 64 MiB by rendezvous") {
