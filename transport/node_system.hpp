@@ -71,7 +71,7 @@ class node_system {
   /// every message type that crosses nodes on the same config.
   static void configure(caf::actor_system_config& cfg);
 
-  /// Starts the node: its UCX listener, its directory. Throws troupe::error
+  /// Starts the node: its link listener, its directory. Throws troupe::error
   /// (errc_invalid_argument when `sys` was not configured with configure()
   /// or the options are bad, errc_io when UCX fails).
   node_system(caf::actor_system& sys, ucx_node_options options);

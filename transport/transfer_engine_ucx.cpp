@@ -214,7 +214,7 @@ int impl::poll_timeout_ms(clock::time_point now) const {
   if (!deadlines_.empty()) consider(deadlines_.begin()->first);
   if (!unexpected_.empty()) consider(unexpected_.front().expires);
   for (const auto& [id, c] : conns_)
-    if (c->state == conn_state::connecting || c->state == conn_state::awaiting_hello) consider(c->deadline);
+    if (c->state == conn_state::connecting) consider(c->deadline);
   if (!closing_.empty()) consider(now + std::chrono::milliseconds(10));  // close requests are polled
   if (!any) return -1;
   const auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();

@@ -119,14 +119,13 @@ struct op {
 };
 
 enum class conn_state {
-  connecting,      ///< client: hello sent, waiting for the ack
-  awaiting_hello,  ///< server: accepted, waiting for hello
+  connecting,      ///< client: hello sent, waiting for the ack (or the peer's own hello)
   up,              ///< carries operations
   closed,          ///< failed or replaced; endpoints being closed
 };
 
-/// A connection to one peer engine: a tcp endpoint and, on one host, a
-/// shared-memory endpoint.
+/// A connection to one peer engine: one endpoint to its worker address
+/// (mode NONE over shared memory on one host, else PEER).
 struct conn {
   struct impl* owner = nullptr;
   uint64_t id = 0;

@@ -269,7 +269,7 @@ void impl::tick(clock::time_point now) {
   }
   std::vector<conn*> late;
   for (auto& [id, c] : conns_)
-    if ((c->state == conn_state::connecting || c->state == conn_state::awaiting_hello) && c->deadline <= now)
+    if (c->state == conn_state::connecting && c->deadline <= now)
       late.push_back(c.get());
   for (conn* c : late) fail_conn(c, outcome::timeout, "no answer within the connect timeout", true);
   while (!unexpected_.empty() && unexpected_.front().expires <= now) {
