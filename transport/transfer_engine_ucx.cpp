@@ -19,6 +19,7 @@
 
 #include "transport/net_device.hpp"
 #include "transport/transfer_engine_ucx_impl.hpp"
+#include "transport/ucx_util.hpp"
 
 namespace troupe {
 
@@ -190,17 +191,8 @@ void impl::run_deferred() {
 }
 
 void impl::reap_closing() {
-  for (auto it = closing_.begin(); it != closing_.end();) {
-    auto& reqs = (*it)->close_requests;
-    reqs.erase(std::remove_if(reqs.begin(), reqs.end(),
-                              [](void* r) {
-                                if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
-                                ucp_request_free(r);
-                                return true;
-                              }),
-               reqs.end());
-    it = reqs.empty() ? closing_.erase(it) : it + 1;
-  }
+  for (auto it = closing_.begin(); it != closing_.end();)
+    it = ucx_util::reap_requests((*it)->close_requests) ? closing_.erase(it) : it + 1;
   s_.peers = conns_.size() + closing_.size();
 }
 

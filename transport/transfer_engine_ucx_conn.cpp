@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "transport/transfer_engine_ucx_impl.hpp"
+#include "transport/ucx_util.hpp"
 #include "transport/wire_codec.hpp"
 
 namespace troupe {
@@ -99,29 +100,22 @@ std::string conn::label() const {
 }
 
 void impl::register_am_handlers() {
-  const std::pair<unsigned, ucp_am_recv_callback_t> table[] = {
-      {am_hello, hello_handler},
-      {am_hello_ack, hello_ack_handler},
-      {am_read_req, control_handler<&impl::on_read_req>},
-      {am_read_resp, data_handler<&impl::on_read_resp>},
-      {am_write, data_handler<&impl::on_write>},
-      {am_ack, control_handler<&impl::on_ack>},
-      {am_send_eager, data_handler<&impl::on_send_eager>},
-      {am_send_rts, control_handler<&impl::on_send_rts>},
-      {am_send_cts, control_handler<&impl::on_send_cts>},
-      {am_send_data, data_handler<&impl::on_send_data>},
-      {am_abort, control_handler<&impl::on_abort>},
-  };
-  for (const auto& [id, cb] : table) {
-    ucp_am_handler_param_t p{};
-    p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                   UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    p.id = id;
-    p.flags = UCP_AM_FLAG_WHOLE_MSG;
-    p.cb = cb;
-    p.arg = this;
-    TROUPE_TE_UCS_CHECK(ucp_worker_set_am_recv_handler(worker_, &p), "ucp_worker_set_am_recv_handler");
-  }
+  TROUPE_TE_UCS_CHECK(ucx_util::set_am_handlers(worker_,
+                                                {
+                                                    {am_hello, hello_handler},
+                                                    {am_hello_ack, hello_ack_handler},
+                                                    {am_read_req, control_handler<&impl::on_read_req>},
+                                                    {am_read_resp, data_handler<&impl::on_read_resp>},
+                                                    {am_write, data_handler<&impl::on_write>},
+                                                    {am_ack, control_handler<&impl::on_ack>},
+                                                    {am_send_eager, data_handler<&impl::on_send_eager>},
+                                                    {am_send_rts, control_handler<&impl::on_send_rts>},
+                                                    {am_send_cts, control_handler<&impl::on_send_cts>},
+                                                    {am_send_data, data_handler<&impl::on_send_data>},
+                                                    {am_abort, control_handler<&impl::on_abort>},
+                                                },
+                                                this),
+                      "ucp_worker_set_am_recv_handler");
 }
 
 conn* impl::find_conn(uint64_t id) {

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "transport/ucx_node_impl.hpp"
+#include "transport/ucx_util.hpp"
 
 namespace troupe {
 
@@ -181,21 +182,10 @@ ucs_status_t on_bye(void* arg, const void* header, size_t header_length, void*, 
 }  // namespace
 
 void impl::register_am_handlers() {
-  const std::pair<unsigned, ucp_am_recv_callback_t> table[] = {
-      {am_envelope, on_envelope_am},
-      {am_heartbeat, on_heartbeat},
-      {am_bye, on_bye},
-  };
-  for (const auto& [id, cb] : table) {
-    ucp_am_handler_param_t p{};
-    p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                   UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    p.id = id;
-    p.flags = UCP_AM_FLAG_WHOLE_MSG;
-    p.cb = cb;
-    p.arg = this;
-    TROUPE_UCS_CHECK(ucp_worker_set_am_recv_handler(worker_, &p), "ucp_worker_set_am_recv_handler");
-  }
+  TROUPE_UCS_CHECK(ucx_util::set_am_handlers(worker_,
+                                             {{am_envelope, on_envelope_am}, {am_heartbeat, on_heartbeat}, {am_bye, on_bye}},
+                                             this),
+                   "ucp_worker_set_am_recv_handler");
 }
 
 // ---- link table ----

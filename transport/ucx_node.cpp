@@ -35,6 +35,7 @@
 
 #include "transport/net_device.hpp"
 #include "transport/ucx_node_impl.hpp"
+#include "transport/ucx_util.hpp"
 
 namespace troupe {
 
@@ -237,17 +238,8 @@ void ucx_node::impl::run_deferred() {
 }
 
 void ucx_node::impl::reap_closing() {
-  for (auto it = closing_.begin(); it != closing_.end();) {
-    auto& reqs = (*it)->close_requests;
-    reqs.erase(std::remove_if(reqs.begin(), reqs.end(),
-                              [](void* r) {
-                                if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
-                                ucp_request_free(r);
-                                return true;
-                              }),
-               reqs.end());
-    it = reqs.empty() ? closing_.erase(it) : it + 1;
-  }
+  for (auto it = closing_.begin(); it != closing_.end();)
+    it = ucx_util::reap_requests((*it)->close_requests) ? closing_.erase(it) : it + 1;
 }
 
 int ucx_node::impl::poll_timeout_ms(clock::time_point now) const {
