@@ -1,17 +1,23 @@
 // The GPU transfer engines on two GPUs: cuda_ipc in one process (direct
 // pointers) and across two processes (IPC handles; the owner is this binary
 // run again as a child, since a forked child cannot use CUDA), and nccl in one
-// process (two engines, two communicator ranks). Bytes are checked at 1 B,
-// 4 KiB and 64 MiB at unaligned offsets, refusals end in errors, nothing is
-// left pending, and each backend's GB/s for 64 MiB copies is printed and held
-// to a floor well under what NVLink gives. With fewer than 2 GPUs every case
-// says so and passes.
+// process (two engines, two communicator ranks) and across two processes
+// (the peer again a child; it is then killed and the operations in flight
+// must end in errors). Bytes are checked at 1 B, 4 KiB and 64 MiB at
+// unaligned offsets, refusals end in errors, nothing is left pending, and
+// each backend's GB/s for 64 MiB copies is printed and held to a floor well
+// under what NVLink gives. With fewer than 2 GPUs every case says so and
+// passes, except with TROUPE_TE_SAME_GPU=1 on one GPU: then both sides use
+// GPU 0, and for nccl the two processes tell NCCL they are two hosts
+// (NCCL_HOSTID, its socket transport on loopback), since NCCL refuses two
+// ranks of one communicator on one GPU of one host.
 #include <doctest/doctest.h>
 #include <cuda_runtime.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -31,7 +37,7 @@ namespace {
 constexpr size_t big = 64u << 20;
 
 // The owner's GPU: 1. TROUPE_TE_SAME_GPU=1 puts both sides on GPU 0 (a smoke
-// run of the cuda_ipc cases on a one-GPU machine; nccl needs two GPUs).
+// run of the two-process cases on a one-GPU machine).
 int owner_gpu = 1;
 
 bool two_gpus(bool same_gpu_ok = false) {
@@ -113,6 +119,78 @@ double read_gbps(transfer_engine& a, const memory_descriptor& d, int reps = 20) 
   return static_cast<double>(big) * reps / std::chrono::duration<double>(steady::now() - t0).count() / 1e9;
 }
 
+// Length-prefixed frames on the pipes between a case and its child.
+void write_frame(int fd, const std::vector<char>& bytes) {
+  const uint32_t len = static_cast<uint32_t>(bytes.size());
+  REQUIRE(write(fd, &len, 4) == 4);
+  REQUIRE(write(fd, bytes.data(), len) == static_cast<ssize_t>(len));
+}
+
+std::vector<char> read_frame(int fd) {
+  uint32_t len = 0;
+  REQUIRE(read(fd, &len, 4) == 4);
+  std::vector<char> bytes(len);
+  size_t got = 0;
+  while (got < len) {
+    const ssize_t n = read(fd, bytes.data() + got, len - got);
+    REQUIRE(n > 0);
+    got += static_cast<size_t>(n);
+  }
+  return bytes;
+}
+
+/// This binary run again as a child that runs only the test case `name`
+/// (which acts when TROUPE_TE_CHILD_FD is set), with `env` added to its
+/// environment. The child reports on `from`; its stdin is `to`, and closing
+/// that ends it. The destructor closes both and reaps the child.
+struct child_process {
+  pid_t pid = -1;
+  int from = -1, to = -1;
+  child_process(const std::string& name, const std::vector<std::string>& env) {
+    int up[2], down[2];
+    REQUIRE(pipe(up) == 0);
+    REQUIRE(pipe(down) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, down[0], 0);
+    posix_spawn_file_actions_addclose(&fa, down[1]);
+    posix_spawn_file_actions_addclose(&fa, up[0]);
+    std::vector<std::string> env_strings{"TROUPE_TE_CHILD_FD=" + std::to_string(up[1])};
+    env_strings.insert(env_strings.end(), env.begin(), env.end());
+    for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::string self = "/proc/self/exe", filter = "-tc=" + name;
+    char* argv[] = {self.data(), filter.data(), nullptr};
+    REQUIRE(posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv, envp.data()) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(up[1]);
+    close(down[0]);
+    from = up[0];
+    to = down[1];
+  }
+  ~child_process() {
+    if (to >= 0) close(to);
+    int status = 0;
+    if (pid > 0) waitpid(pid, &status, 0);
+    close(from);
+  }
+};
+
+/// In a child: the fd to report on, or -1 when this is not the child run.
+int child_fd() {
+  const char* fd_text = std::getenv("TROUPE_TE_CHILD_FD");
+  return fd_text == nullptr ? -1 : std::atoi(fd_text);
+}
+
+/// In a child: returns when the parent closes its stdin (or is gone).
+void wait_for_parent() {
+  char c;
+  while (read(0, &c, 1) > 0) {
+  }
+}
+
 }  // namespace
 
 TEST_CASE("transfer_engine cuda_ipc: two GPUs in one process, bytes and bandwidth") {
@@ -129,7 +207,7 @@ TEST_CASE("transfer_engine cuda_ipc: two GPUs in one process, bytes and bandwidt
     CHECK(region.download(off, src.size()) == src);
   });
   const double gbps = read_gbps(*a, d);
-  MESSAGE("cuda_ipc, one process, GPU 1 -> GPU 0, 64 MiB reads: " << gbps << " GB/s");
+  MESSAGE("cuda_ipc, one process, GPU " << owner_gpu << " -> GPU 0, 64 MiB reads: " << gbps << " GB/s");
   CHECK(gbps > 50.0);
   // Host memory as the local side works too; send/recv do not exist here.
   std::vector<unsigned char> host(4096);
@@ -145,55 +223,25 @@ TEST_CASE("transfer_engine cuda_ipc: two GPUs in one process, bytes and bandwidt
 // a region on GPU 1, reports its descriptor on that fd, and lives until its
 // stdin closes.
 TEST_CASE("transfer_engine cuda_ipc: owner process (runs only as a child of the next case)") {
-  const char* fd_text = std::getenv("TROUPE_TE_CHILD_FD");
-  if (fd_text == nullptr) return;
-  const int fd = std::atoi(fd_text);
+  const int fd = child_fd();
+  if (fd < 0) return;
   two_gpus(true);
   auto b = transfer_engine_cuda_ipc({"owner", owner_gpu});
   const std::vector<unsigned char> pattern = patterned(big + 8192, 1);
   gpu_buffer region(owner_gpu, pattern.size());
   region.upload(pattern);
   memory_descriptor d = b->register_memory(region.p, region.n);
-  const std::vector<char> packed = wire_pack(d);
-  const uint32_t len = static_cast<uint32_t>(packed.size());
-  REQUIRE(write(fd, &len, 4) == 4);
-  REQUIRE(write(fd, packed.data(), len) == static_cast<ssize_t>(len));
-  char c;
-  while (read(0, &c, 1) > 0) {
-  }
+  write_frame(fd, wire_pack(d));
+  wait_for_parent();
   std::_Exit(0);
 }
 
 TEST_CASE("transfer_engine cuda_ipc: two processes by IPC handle, bytes and bandwidth") {
-  if (std::getenv("TROUPE_TE_CHILD_FD") != nullptr || !two_gpus(true)) return;
-  int up[2], down[2];
-  REQUIRE(pipe(up) == 0);
-  REQUIRE(pipe(down) == 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, down[0], 0);
-  posix_spawn_file_actions_addclose(&fa, down[1]);
-  posix_spawn_file_actions_addclose(&fa, up[0]);
-  const std::string env_fd = "TROUPE_TE_CHILD_FD=" + std::to_string(up[1]);
-  std::vector<std::string> env_strings{env_fd};
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string self = "/proc/self/exe", filter = "-tc=transfer_engine cuda_ipc: owner process*";
-  char* argv[] = {self.data(), filter.data(), nullptr};
-  pid_t pid = -1;
-  REQUIRE(posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv, envp.data()) == 0);
-  posix_spawn_file_actions_destroy(&fa);
-  close(up[1]);
-  close(down[0]);
-  uint32_t len = 0;
-  REQUIRE(read(up[0], &len, 4) == 4);
-  std::vector<char> packed(len);
-  REQUIRE(read(up[0], packed.data(), len) == static_cast<ssize_t>(len));
+  if (child_fd() >= 0 || !two_gpus(true)) return;
+  child_process owner("transfer_engine cuda_ipc: owner process*", {});
   memory_descriptor d;
-  REQUIRE(wire_unpack(packed, d, nullptr) == errc::ok);
-  CHECK(d.owner.pid == static_cast<uint32_t>(pid));
+  REQUIRE(wire_unpack(read_frame(owner.from), d, nullptr) == errc::ok);
+  CHECK(d.owner.pid == static_cast<uint32_t>(owner.pid));
   {
     auto a = transfer_engine_cuda_ipc({"a", 0});
     std::vector<unsigned char> mirror = patterned(big + 8192, 1);
@@ -204,17 +252,13 @@ TEST_CASE("transfer_engine cuda_ipc: two processes by IPC handle, bytes and band
       CHECK(back.download(0, src.size()) == src);
     });
     const double gbps = read_gbps(*a, d);
-    MESSAGE("cuda_ipc, two processes, GPU 1 -> GPU 0, 64 MiB reads: " << gbps << " GB/s");
+    MESSAGE("cuda_ipc, two processes, GPU " << owner_gpu << " -> GPU 0, 64 MiB reads: " << gbps << " GB/s");
     CHECK(gbps > 50.0);
     CHECK(a->stats().peers == 1);
     a->disconnect(d.owner);  // closes the mapping
     CHECK(a->stats().peers == 0);
     check_idle(*a);
   }
-  close(down[1]);  // the owner exits
-  int status = 0;
-  waitpid(pid, &status, 0);
-  close(up[0]);
 }
 
 TEST_CASE("transfer_engine nccl: two GPUs in one process, read, write, send, recv, bandwidth") {
@@ -282,4 +326,133 @@ TEST_CASE("transfer_engine nccl: two GPUs in one process, read, write, send, rec
   CHECK(b->unregister_memory(d.region) == errc::ok);
   check_idle(*a);
   check_idle(*b);
+}
+
+namespace {
+
+constexpr auto nccl_test_timeout = std::chrono::milliseconds(5000);
+
+/// NCCL settings of the two processes of the next cases: none with two GPUs;
+/// with both on GPU 0 (TROUPE_TE_SAME_GPU), a host id of their own each, so
+/// NCCL takes them for two hosts and connects them by its socket transport
+/// on loopback instead of refusing a GPU used twice.
+std::vector<std::string> nccl_env(bool child) {
+  if (owner_gpu != 0) return {};
+  return {std::string("NCCL_HOSTID=troupe-te-") + (child ? "peer" : "parent"), "NCCL_NET=Socket",
+          "NCCL_SOCKET_IFNAME=lo"};
+}
+
+const std::vector<size_t> nccl_message_sizes{1, 4096, big};
+
+}  // namespace
+
+// Run as the peer process of the next case (TROUPE_TE_CHILD_FD set): an nccl
+// engine on GPU 1 with a region it reports on that fd; it connects to the
+// engine whose address comes on stdin, answers each message tagged 7 with
+// the same bytes tagged 8, and lives until its stdin closes.
+TEST_CASE("transfer_engine nccl: peer process (runs only as a child of the next case)") {
+  const int fd = child_fd();
+  if (fd < 0) return;
+  two_gpus(true);
+  nccl_engine_options o;
+  o.name = "peer", o.device = owner_gpu, o.timeout = nccl_test_timeout;
+  auto b = transfer_engine_nccl(o);
+  const std::vector<unsigned char> pattern = patterned(big + 8192, 1);
+  gpu_buffer region(owner_gpu, pattern.size());
+  region.upload(pattern);
+  memory_descriptor d = b->register_memory(region.p, region.n);
+  write_frame(fd, wire_pack(d));
+  engine_address a;
+  REQUIRE(wire_unpack(read_frame(0), a, nullptr) == errc::ok);
+  completion c;
+  b->connect(a, c.done());
+  REQUIRE(c.wait());
+  REQUIRE(c.e == errc::ok);
+  gpu_buffer echo(owner_gpu, big + 1);
+  for (size_t i = 0; i < nccl_message_sizes.size(); ++i) {
+    auto [e, n] = run([&](transfer_done done) { b->recv(a, 7, echo.p, big + 1, std::move(done)); });
+    REQUIRE(e == errc::ok);
+    REQUIRE(run([&](transfer_done done) { b->send(a, 8, echo.p, n, std::move(done)); }).first == errc::ok);
+  }
+  wait_for_parent();
+  std::_Exit(0);
+}
+
+TEST_CASE("transfer_engine nccl: two processes, read, write, send, recv, bandwidth, peer killed") {
+  if (child_fd() >= 0 || !two_gpus(true)) return;
+  child_process peer("transfer_engine nccl: peer process*", nccl_env(true));
+  for (const std::string& kv : nccl_env(false)) putenv(strdup(kv.c_str()));  // before this process's first NCCL call
+  memory_descriptor d;
+  REQUIRE(wire_unpack(read_frame(peer.from), d, nullptr) == errc::ok);
+  CHECK(d.backend == "nccl");
+  CHECK(d.owner.pid == static_cast<uint32_t>(peer.pid));
+  nccl_engine_options o;
+  o.name = "a", o.device = 0, o.timeout = nccl_test_timeout;
+  auto a = transfer_engine_nccl(o);
+  engine_address self = a->address();
+  write_frame(peer.to, wire_pack(self));
+  completion c;
+  a->connect(d.owner, c.done());
+  REQUIRE(c.wait());
+  REQUIRE(c.e == errc::ok);
+
+  // The owner's memory is seen only through the engines: read back what was written.
+  std::vector<unsigned char> mirror = patterned(big + 8192, 1);
+  check_bytes(*a, d, mirror, [&](size_t off, const std::vector<unsigned char>& src) {
+    gpu_buffer back(0, src.size());
+    CHECK(run([&](transfer_done done) { a->read(d, off, back.p, src.size(), std::move(done)); }).first == errc::ok);
+    CHECK(back.download(0, src.size()) == src);
+  });
+  memory_descriptor forged = d;
+  forged.token ^= 1;
+  gpu_buffer small(0, 4096);
+  CHECK(run([&](transfer_done done) { a->read(forged, 0, small.p, 16, std::move(done)); }).first ==
+        transfer_error::bad_request);
+  const double gbps = read_gbps(*a, d, 10);
+  const std::string path = owner_gpu == 0 ? " (NCCL's socket transport)" : "";
+  MESSAGE("nccl, two processes, GPU " << owner_gpu << " -> GPU 0" << path << ", 64 MiB reads: " << gbps << " GB/s");
+  CHECK(gbps > (owner_gpu == 0 ? 0.1 : 50.0));
+
+  // send/recv: the peer echoes each message back under another tag.
+  for (const size_t n : nccl_message_sizes) {
+    CAPTURE(n);
+    gpu_buffer src(0, n), dst(0, n + 1);
+    const std::vector<unsigned char> data = patterned(n, n + 5);
+    src.upload(data);
+    completion s, r;
+    a->recv(d.owner, 8, dst.p, n + 1, r.done());
+    a->send(d.owner, 7, src.p, n, s.done());
+    REQUIRE(s.wait());
+    REQUIRE(r.wait());
+    CHECK(s.e == errc::ok);
+    CHECK(r.e == errc::ok);
+    CHECK(r.bytes == n);
+    CHECK(dst.download(0, n) == data);
+  }
+
+  // kill -9 of the peer: what is in flight, and what comes after, ends in an
+  // error within the timeout; nothing hangs or stays pending.
+  gpu_buffer buf(0, big);
+  std::vector<std::unique_ptr<completion>> cs;
+  for (int i = 0; i < 8; ++i) {
+    cs.push_back(std::make_unique<completion>());
+    a->read(d, 0, buf.p, big, cs.back()->done());
+  }
+  REQUIRE(kill(peer.pid, SIGKILL) == 0);
+  const auto killed = steady::now();
+  auto after = std::make_unique<completion>();
+  a->read(d, 0, buf.p, 4096, after->done());
+  cs.push_back(std::move(after));
+  int failed = 0;
+  for (auto& x : cs) {
+    REQUIRE(x->wait(3 * nccl_test_timeout));
+    if (x->e != errc::ok) {
+      ++failed;
+      CHECK((x->e == transfer_error::peer_lost || x->e == transfer_error::timeout));
+    }
+  }
+  CHECK(failed >= 1);  // at least the read issued after the kill
+  MESSAGE("nccl: peer killed; " << failed << " of " << cs.size() << " reads failed, the last after "
+                                << std::chrono::duration<double>(steady::now() - killed).count() << " s");
+  check_idle(*a);
 }

@@ -688,7 +688,16 @@ class nccl_engine final : public nccl_transfer_engine {
       while (!p.in_flight.empty()) {
         auto [ev, hid] = p.in_flight.front();
         const cudaError_t e = cudaEventQuery(ev);
-        if (e == cudaErrorNotReady) break;
+        if (e == cudaErrorNotReady) {
+          // NCCL's proxy sees a peer that died (its sockets close) and
+          // reports it here, while the kernel would wait for it forever:
+          // fail the pair now rather than at the operation's timeout.
+          ncclResult_t state = ncclSuccess;
+          if (p.comm != nullptr && ncclCommGetAsyncError(p.comm, &state) == ncclSuccess && state != ncclSuccess &&
+              state != ncclInProgress)
+            fail_pair(p, outcome::peer_lost, std::string("NCCL: ") + ncclGetErrorString(state));
+          break;
+        }
         p.in_flight.pop_front();
         cudaEventDestroy(ev);
         if (e != cudaSuccess) {
