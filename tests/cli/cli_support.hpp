@@ -179,11 +179,15 @@ struct process {
 
   process(const scratch& dir, const std::string& tag, std::vector<std::string> argv)
       : out(dir / (tag + ".out")), err(dir / (tag + ".err")) {
+    // Created (emptied) before the fork: a reader must never see what an
+    // earlier process of the same name left there.
+    const int o = ::open(out.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    const int e = ::open(err.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    REQUIRE(o >= 0);
+    REQUIRE(e >= 0);
     pid = fork();
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test killed by CTest's timeout leaves nothing behind
-      const int o = ::open(out.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-      const int e = ::open(err.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
       dup2(o, 1);
       dup2(e, 2);
       std::vector<char*> args;
@@ -192,6 +196,8 @@ struct process {
       execvp(args[0], args.data());
       _exit(127);
     }
+    ::close(o);
+    ::close(e);
   }
   // A case that failed half-way: SIGTERM first, so that launch stops its
   // nodes and netns.sh removes its namespaces; SIGKILL after 15 s.

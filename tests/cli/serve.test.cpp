@@ -3,148 +3,56 @@
 // right status and OpenAI error shape, and the server must keep serving.
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <string>
-#include <thread>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+
+#include "cli_support.hpp"
+
+using namespace cli_support;
 
 namespace {
 
-struct http_reply {
-  int status = 0;
-  std::string body;
-};
-
-int connect_to(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  timeval tv{30, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
-void send_all(int fd, const std::string& s) {
-  size_t off = 0;
-  while (off < s.size()) {
-    const ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return;  // the server may close early (413)
-    off += static_cast<size_t>(n);
-  }
-}
-
-std::string request_text(const std::string& method, const std::string& path, const std::string& body,
-                         const std::string& auth = "") {
-  std::string r = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
-  if (!auth.empty()) r += "Authorization: Bearer " + auth + "\r\n";
-  if (method == "POST") r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
-  return r + "\r\n" + body;
-}
-
-// Decodes chunked transfer encoding when the head says so.
-std::string body_of(const std::string& head, std::string body) {
-  if (head.find("chunked") == std::string::npos) return body;
-  std::string out;
-  size_t p = 0;
-  while (p < body.size()) {
-    const size_t eol = body.find("\r\n", p);
-    if (eol == std::string::npos) break;
-    const size_t n = std::stoul(body.substr(p, eol - p), nullptr, 16);
-    if (n == 0) break;
-    out += body.substr(eol + 2, n);
-    p = eol + 2 + n + 2;
-  }
-  return out;
-}
-
 http_reply http(int port, const std::string& method, const std::string& path, const std::string& body = "",
                 const std::string& auth = "") {
-  const int fd = connect_to(port);
-  send_all(fd, request_text(method, path, body, auth));
-  std::string raw;
-  char buf[65536];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) raw.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  http_reply r;
-  const size_t sp = raw.find(' ');
-  const size_t end = raw.find("\r\n\r\n");
-  if (sp == std::string::npos || end == std::string::npos) return r;
-  r.status = std::stoi(raw.substr(sp + 1, 3));
-  r.body = body_of(raw.substr(0, end), raw.substr(end + 4));
-  return r;
+  return cli_support::http("127.0.0.1", port, method, path, body, auth);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-// A server process with `args` after "serve"; its output goes to a log file
-// named by this process and `tag` (CTest runs cases in parallel).
+// A server process with `args` after "serve", its output in a scratch folder
+// of this process named by `tag` (CTest runs cases in parallel); `port` once
+// it listens, else `exit_status` when it ended first.
 struct server {
-  pid_t pid = -1;
+  scratch dir;
+  process proc;
   int port = 0;
-  std::string log;
-  int exit_status = -1;  // set when the process ended before listening
-  explicit server(std::vector<std::string> args, const std::string& tag = "main") {
-    log = (std::filesystem::temp_directory_path() /
-           ("troupe_serve_test_" + std::to_string(getpid()) + "_" + tag + ".log")).string();
+  int exit_status = -1;
+
+  explicit server(std::vector<std::string> args, const std::string& tag = "main")
+      : dir("serve", tag), proc(dir, "serve", with_binary(std::move(args))) {
+    static const std::string marker = "listening on http://127.0.0.1:";
+    std::string text;
+    const bool up = proc.wait_for(
+        [&](const std::string& out, const std::string& err) {
+          text = out + err;
+          const size_t p = text.find(marker);
+          return p != std::string::npos && text.find('\n', p) != std::string::npos;
+        },
+        30s);
+    if (up && text.find(marker) != std::string::npos)
+      port = std::stoi(text.substr(text.find(marker) + marker.size()));
+    else if (proc.pid < 0)
+      exit_status = WIFEXITED(proc.status) ? WEXITSTATUS(proc.status) : 128;
+  }
+  static std::vector<std::string> with_binary(std::vector<std::string> args) {
     args.insert(args.begin(), {TROUPE_BINARY, "serve"});
-    pid = fork();
-    if (pid == 0) {
-      const int fd = ::open(log.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(TROUPE_BINARY, argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 600 && port == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      int st = 0;
-      if (waitpid(pid, &st, WNOHANG) == pid) {
-        exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-        pid = -1;
-        return;
-      }
-      const std::string text = read_file(log);
-      const size_t p = text.find("listening on http://127.0.0.1:");
-      if (p != std::string::npos && text.find('\n', p) != std::string::npos)
-        port = std::stoi(text.substr(p + std::strlen("listening on http://127.0.0.1:")));
-    }
+    return args;
   }
-  ~server() {
-    if (pid > 0) {
-      kill(pid, SIGTERM);
-      int st = 0;
-      waitpid(pid, &st, 0);
-    }
-  }
+  /// Everything it printed so far.
+  std::string log() const { return proc.both(); }
 };
 
 server& the_server() {
   static server s({"--port", "0", "--admin-key", "admin-secret", "--max-body-mib", "1", "--kv-cache-mib", "64",
                    "--threads", "2"});
-  REQUIRE_MESSAGE(s.port != 0, (std::string("the server did not start: ") + read_file(s.log)));
+  REQUIRE_MESSAGE(s.port != 0, (std::string("the server did not start: ") + s.log()));
   return s;
 }
 
@@ -251,7 +159,8 @@ TEST_CASE("serve: admin state, live chunked-prefill size, drain and undrain") {
 TEST_CASE("serve: a client that disconnects mid-stream frees its KV pages") {
   const int port = the_server().port;
   const int64_t total = admin_state(port)["kv_pages_total"].get<int64_t>();
-  const int fd = connect_to(port);
+  const int fd = connect_to("127.0.0.1", port);
+  REQUIRE(fd >= 0);
   send_all(fd, request_text("POST", "/v1/completions",
                             R"({"prompt":"A day for","max_tokens":900,"ignore_eos":true,"stream":true})"));
   char buf[4096];
@@ -274,10 +183,8 @@ TEST_CASE("serve: a client that disconnects mid-stream frees its KV pages") {
 
 namespace {
 
-// A cluster.toml in a per-process temp folder.
-std::string write_config(const std::string& name, const std::string& text) {
-  const auto dir = std::filesystem::temp_directory_path() / ("troupe_serve_cfg_" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
+// A cluster.toml in `dir`.
+std::string write_config(const scratch& dir, const std::string& name, const std::string& text) {
   const auto path = dir / name;
   std::ofstream(path) << text;
   return path.string();
@@ -318,8 +225,9 @@ int64_t prompt_tokens_of(const nlohmann::json& state, const std::string& name) {
 }  // namespace
 
 TEST_CASE("serve --config: two instances behind the router, API keys, per-instance drain") {
-  server s({"--config", write_config("two.toml", two_instances)}, "two");
-  REQUIRE_MESSAGE(s.port != 0, read_file(s.log));
+  const scratch cfg("serve", "cfg");
+  server s({"--config", write_config(cfg, "two.toml", two_instances)}, "two");
+  REQUIRE_MESSAGE(s.port != 0, s.log());
   const std::string body = R"({"model":"fortunes","prompt":"A day for","max_tokens":3})";
   CHECK(http(s.port, "POST", "/v1/completions", body).status == 401);
   CHECK(http(s.port, "POST", "/v1/completions", body, "key-two").status == 200);
@@ -362,19 +270,20 @@ TEST_CASE("serve --config: two instances behind the router, API keys, per-instan
 }
 
 TEST_CASE("serve --config: a bad config or a conflicting flag exits 1 naming file, line and key") {
-  const std::string bad = write_config("bad.toml", "[[nodes]]\nname = \"n\"\n\n[[instances]]\nname = \"a\"\n"
+  const scratch cfg("serve", "cfg");
+  const std::string bad = write_config(cfg, "bad.toml", "[[nodes]]\nname = \"n\"\n\n[[instances]]\nname = \"a\"\n"
                                                    "model = \"m\"\n[instances.tunables]\nkv-cache-mb = 3\n");
   server s({"--config", bad}, "bad");
   CHECK(s.port == 0);
   CHECK(s.exit_status == 1);
-  const std::string log = read_file(s.log);
+  const std::string log = s.log();
   CHECK_MESSAGE(log.find(bad + ":8:15: instances.tunables.kv-cache-mb: unknown tunable") != std::string::npos, log);
 
-  server c({"--config", write_config("two.toml", two_instances), "--kv-cache-mib", "8"}, "conflict");
+  server c({"--config", write_config(cfg, "two.toml", two_instances), "--kv-cache-mib", "8"}, "conflict");
   CHECK(c.exit_status == 1);
-  CHECK_MESSAGE(read_file(c.log).find("--kv-cache-mib conflicts with --config") != std::string::npos, read_file(c.log));
+  CHECK_MESSAGE(c.log().find("--kv-cache-mib conflicts with --config") != std::string::npos, c.log());
 
   server d({"--device", "cuda:0", "--port", "0"}, "device");
   CHECK(d.exit_status == 1);
-  CHECK_MESSAGE(read_file(d.log).find("device 'cuda:0'") != std::string::npos, read_file(d.log));
+  CHECK_MESSAGE(d.log().find("device 'cuda:0'") != std::string::npos, d.log());
 }
