@@ -58,7 +58,9 @@ run() {
     for p in $parts; do
       echo "== $p (t=$((SECONDS - t0)) s)"
       case $p in
-        tests) TROUPE_FIXTURES_DIR=$PWD/tests/fixtures "$bin/troupe_kernels_cuda_tests" ;;
+        tests)  # on one GPU the two-process transfer-engine cases run with both sides on it
+          [ "$(nvidia-smi -L | wc -l)" -lt 2 ] && export TROUPE_TE_SAME_GPU=1
+          TROUPE_FIXTURES_DIR=$PWD/tests/fixtures "$bin/troupe_kernels_cuda_tests" ;;
         kernels) "$bin/bench_cuda_kernels" --json "$j/kernels.json" ;;
         attention) "$bin/bench_cuda_attention" --json "$j/attention.json"
                    python3 benches/gpu/attention_sdpa.py "$j/sdpa.json" ;;
