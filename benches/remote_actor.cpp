@@ -11,7 +11,8 @@
 // request and times reads and writes of all 64 MiB, from the call to the
 // engine's completion callback. Over shared memory the region is a
 // shared_host_buffer, which the client maps (one memcpy); a second region in
-// plain heap memory shows the cma path for reference. The same 64 MiB as one troupe actor message
+// plain heap memory shows the owner-served path (UCX rendezvous through its
+// shared-memory fifos; the engine leaves cma out) for reference. The same 64 MiB as one troupe actor message
 // (the path the design does not use for tensors) is timed with --message-blob.
 //
 // Why it is built this way: the server is a second process of this binary
@@ -258,7 +259,7 @@ int run_server(const settings& s, int ports_fd, int life_fd) {
   }
   publish_region(tcp, "region", memory_tcp.data(), s.bytes);
   publish_region(shm, "region", memory_mapped.data(), s.bytes);  // mapped by the client: one memcpy
-  publish_region(shm, "region-heap", memory_shm.data(), s.bytes);  // plain heap memory: a cma copy
+  publish_region(shm, "region-heap", memory_shm.data(), s.bytes);  // plain heap memory: the owner serves it
   raw_tcp_server raw(memory_tcp.data(), memory_tcp.size());
   // The client reads memory_shm with process_vm_readv (the cma ceiling) at this address.
   const std::string line = std::to_string(*caf_port) + " " + std::to_string(tcp.net->port()) + " " +
@@ -501,7 +502,7 @@ struct system_result {
   std::vector<double> rtt_us;
   process_cost rtt_cost;  ///< both processes, during the timed round trips
   std::vector<double> read_gbps, write_gbps, message_gbps;
-  std::vector<double> heap_read_gbps, heap_write_gbps;  ///< shm: the region in heap memory (cma)
+  std::vector<double> heap_read_gbps, heap_write_gbps;  ///< shm: the region in heap memory (owner-served)
 };
 
 int run_client(const settings& s, const std::string& json_path, const std::string& png_path, char* self_path) {
@@ -662,9 +663,9 @@ int run_client(const settings& s, const std::string& json_path, const std::strin
                   rdt >= 3 * caf_bw, rds >= 8, false});
   rows.push_back({"64 MiB GB/s: troupe engine write", caf_bw, wrt, wrs, "tcp >= 3 x CAF, shm >= 8 GB/s",
                   wrt >= 3 * caf_bw, wrs >= 8, false});
-  rows.push_back({"  shm read, heap region (cma)", caf_bw, rdt, median(rs.heap_read_gbps), "(reference)", -1, -1,
+  rows.push_back({"  shm read, heap region (owner)", caf_bw, rdt, median(rs.heap_read_gbps), "(reference)", -1, -1,
                   false});
-  rows.push_back({"  shm write, heap region (cma)", caf_bw, wrt, median(rs.heap_write_gbps), "(reference)",
+  rows.push_back({"  shm write, heap region (owner)", caf_bw, wrt, median(rs.heap_write_gbps), "(reference)",
                   -1, -1, false});
   if (s.message_blob)
     rows.push_back({"64 MiB GB/s: troupe actor message", caf_bw, median(rt.message_gbps), median(rs.message_gbps),

@@ -37,13 +37,14 @@ struct engine_address {
   std::string worker_address;  ///< ucx: packed UCX worker address, where peers open their endpoints
   bool shared_memory = false;  ///< ucx: it moves data over shared memory with peers of its host
   int32_t device = -1;         ///< CUDA device ordinal of a GPU engine; -1 for host memory
+  uint64_t start_time = 0;     ///< its process's start time (process_watch.hpp): with pid, names the process; 0 unknown
 };
 
 /// Schema of engine_address (CAF serialization and the wire codec).
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_address& x) {
   return f(caf::meta::type_name("engine_address"), x.engine, x.host, x.host_id, x.pid, x.worker_address,
-           x.shared_memory, x.device);
+           x.shared_memory, x.device, x.start_time);
 }
 
 /// What a peer needs to address a registered region.

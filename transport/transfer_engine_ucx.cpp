@@ -48,6 +48,7 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
   address_.shared_memory = opt_.shared_memory;
   address_.host_id = te_util::host_id();
   address_.pid = static_cast<uint32_t>(getpid());
+  address_.start_time = own_start_time();
 
   ucp_config_t* config = nullptr;
   TROUPE_TE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
@@ -57,6 +58,18 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
     if (mst != UCS_OK) {
       ucp_config_release(config);
       TROUPE_TE_UCS_CHECK(mst, "ucp_config_modify NET_DEVICES=" + device);
+    }
+  }
+  // No cma: UCX 1.13 aborts this process when a cma copy finds its peer
+  // process gone (a NONE endpoint has no error path), so one peer that dies
+  // in the middle of a transfer would take this one with it. Same-host
+  // rendezvous then goes through the shared-memory fifos; regions in a
+  // shared_host_buffer take the mapped path, which is faster than cma was.
+  if (std::getenv("UCX_TLS") == nullptr) {
+    const ucs_status_t tst = ucp_config_modify(config, "TLS", "^cma");
+    if (tst != UCS_OK) {
+      ucp_config_release(config);
+      TROUPE_TE_UCS_CHECK(tst, "ucp_config_modify TLS=^cma");
     }
   }
   ucp_params_t params{};
@@ -214,7 +227,8 @@ int impl::poll_timeout_ms(clock::time_point now) const {
 }
 
 void impl::run() {
-  pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  std::vector<pollfd> fds;
+  std::vector<uint64_t> watched;  // the connection of fds[2 + i]
   for (;;) {
     run_commands();
     if (stop_) break;
@@ -234,13 +248,42 @@ void impl::run() {
     const ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (st != UCS_OK) log()->error("transfer engine {}: ucp_worker_arm: {}", opt_.name, ucs_status_string(st));
-    const int n = ::poll(fds, 2, st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
+    fds.assign({{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}});
+    watched.clear();
+    for (const auto& [id, c] : conns_)
+      if (c->watch != nullptr && c->state != conn_state::closed) {
+        fds.push_back({c->watch->fd(), POLLIN, 0});
+        watched.push_back(id);
+      }
+    const int n = ::poll(fds.data(), fds.size(), st == UCS_OK ? poll_timeout_ms(clock::now()) : 1);
     if (n > 0 && (fds[1].revents & POLLIN) != 0) {
       uint64_t v = 0;
       (void)!read(wake_fd_, &v, sizeof v);
     }
+    for (size_t i = 0; n > 0 && i < watched.size(); ++i)
+      if (fds[2 + i].revents != 0)
+        if (conn* c = find_conn(watched[i])) {
+          c->peer_exited = true;
+          fail_conn(c, outcome::peer_lost, "its process " + std::to_string(c->watch->pid()) + " exited", true);
+        }
   }
   shutdown();
+}
+
+std::shared_ptr<process_watch> impl::owner_watch(const engine_address& owner) {
+  std::lock_guard<std::mutex> lock(owners_mu_);
+  const std::pair<uint32_t, uint64_t> key{owner.pid, owner.start_time};
+  auto it = owners_.find(key);
+  if (it == owners_.end()) {
+    if (owners_.size() >= 256) owners_.clear();  // bounded; watches are cheap to open again
+    it = owners_.emplace(key, process_watch::open(static_cast<int>(owner.pid), owner.start_time)).first;
+  }
+  return it->second;
+}
+
+bool impl::owner_alive(const engine_address& owner) {
+  const std::shared_ptr<process_watch> w = owner_watch(owner);
+  return w == nullptr || !w->exited();
 }
 
 void impl::track(ucs_status_ptr_t r, request_ctx* ctx) {
@@ -443,6 +486,10 @@ class ucx_engine final : public transfer_engine {
     if (!self.opt_.shared_memory || r.mapped_fd < 0 || r.backend != "ucx" || r.owner.host_id != self.address_.host_id ||
         offset > r.bytes || bytes > r.bytes - offset || bytes == 0)
       return nullptr;
+    if (!impl_->owner_alive(r.owner)) {  // the owner-served path reports it (peer_lost)
+      impl_->mapped_.forget(r.owner.pid);
+      return nullptr;
+    }
     std::string why;
     const shared_host_location loc{r.mapped_fd, r.mapped_inode, r.mapped_offset + offset};
     std::shared_ptr<std::byte> m = impl_->mapped_.map(r.owner.pid, loc, bytes, &why);

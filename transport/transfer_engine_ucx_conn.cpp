@@ -177,9 +177,12 @@ bool impl::open_peer_endpoint(conn* c) {
   // other, and refuses a pair whose modes differ ("asymmetric endpoint
   // configuration"). On one host with shared memory on both sides that is
   // mode NONE, the only one UCX 1.13 runs over shared memory (liveness then
-  // comes from the operations' timeouts and the control plane's links);
-  // elsewhere PEER, whose error handler fails the connection at once.
+  // comes from a watch on the peer's process, process_watch.hpp, with the
+  // operations' timeouts as the fallback); elsewhere PEER, whose error
+  // handler fails the connection at once.
   c->shared_memory = opt_.shared_memory && c->peer.shared_memory && c->peer.host_id == address_.host_id;
+  if (c->peer.host_id == address_.host_id && c->watch == nullptr)
+    c->watch = process_watch::open(static_cast<int>(c->peer.pid), c->peer.start_time);
   ucp_ep_params_t p{};
   if (c->shared_memory) {
     p.field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
@@ -337,8 +340,11 @@ void impl::close_endpoints(uint64_t id, bool force) {
                    ucs_status_string(UCS_PTR_STATUS(r)));
   };
   // A forced close of a NONE endpoint is undefined while the peer lives; it
-  // is flushed (RMA and eager messages finish at once on one host).
-  if (c->ep != nullptr) close(c->ep, force && !c->shared_memory);
+  // is flushed (RMA and eager messages finish at once on one host). Once the
+  // peer's process is gone a flush would never end: force it. (Rendezvous
+  // receives UCX had started from that peer stay open until shutdown; UCX
+  // 1.13 cannot cancel them. Their operations have failed already.)
+  if (c->ep != nullptr) close(c->ep, force && (!c->shared_memory || c->peer_exited));
   c->ep = nullptr;
   closing_.push_back(std::move(c));
 }

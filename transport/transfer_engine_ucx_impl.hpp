@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "transport/process_watch.hpp"
 #include "transport/shared_host_memory.hpp"
 #include "transport/transfer_engine_ucx.hpp"
 #include "transport/transfer_engine_util.hpp"
@@ -138,6 +139,10 @@ struct conn {
   std::vector<uint64_t> waiting;    ///< operations waiting for up
   std::unordered_map<uint64_t, ucp_rkey_h> rkeys;  ///< region -> unpacked rkey (RMA)
   std::vector<void*> close_requests;
+  bool peer_exited = false;  ///< its process is gone: UCX may force-close even a NONE endpoint
+  /// The peer's process when it runs on this host: its exit fails the
+  /// connection at once (mode NONE has no other liveness; see process_watch.hpp).
+  std::unique_ptr<process_watch> watch;
 
   std::string label() const;
 };
@@ -207,8 +212,8 @@ struct impl {
   /// Tracks a UCX request (or its immediate result); runs ctx->then with the final status.
   void track(ucs_status_ptr_t r, request_ctx* ctx);
   /// Sends an active message; payload points at `copy` in ctx or at caller
-  /// memory. Takes the shared-memory endpoint when there is one (large
-  /// payloads then move by cma rendezvous), tcp otherwise.
+  /// memory. Over the connection's one endpoint: shared memory on one host
+  /// (large payloads by rendezvous through UCX's fifos), tcp otherwise.
   void send_am(conn* c, unsigned id, request_ctx* ctx, const void* payload, size_t bytes, bool force_eager);
   /// Sends a header-only message to the peer's live connection, if any.
   void send_control(uint64_t peer, unsigned id, const msg_header& h);
@@ -301,6 +306,16 @@ struct impl {
   std::unordered_map<uint64_t, region> regions_;
   /// Same-host peers' shared buffers mapped here (any thread; thread-safe).
   shared_host_mapper mapped_;
+  /// A watch on a same-host region owner's process, or null when its
+  /// identity cannot be checked here (any thread; cached).
+  std::shared_ptr<process_watch> owner_watch(const engine_address& owner);
+  /// Whether the owner of a mapped region is alive (any thread): a region
+  /// whose owner died fails like any other of its regions, though its bytes
+  /// are still mapped here (see mapped() in transfer_engine_ucx.cpp). True
+  /// when it cannot be told.
+  bool owner_alive(const engine_address& owner);
+  std::mutex owners_mu_;
+  std::map<std::pair<uint32_t, uint64_t>, std::shared_ptr<process_watch>> owners_;  ///< (pid, start time); null: no watch
   size_t outstanding_ = 0;  ///< UCX requests not yet completed
 
   std::atomic<uint64_t> next_op_{1};

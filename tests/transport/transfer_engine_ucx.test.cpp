@@ -245,9 +245,15 @@ struct child_engine {
     REQUIRE(write(to_child, &len, 4) == 4);
     REQUIRE(write(to_child, packed.data(), len) == static_cast<ssize_t>(len));
   }
-  ~child_engine() {
-    kill(pid, SIGKILL);
+  /// Kills it and returns once it is gone.
+  void kill_and_reap() {
+    if (pid <= 0) return;
+    REQUIRE(kill(pid, SIGKILL) == 0);
     waitpid(pid, nullptr, 0);
+    pid = -1;
+  }
+  ~child_engine() {
+    if (pid > 0) kill_and_reap();
     if (to_child >= 0) close(to_child);
   }
 };
@@ -269,6 +275,7 @@ TEST_CASE("transfer_engine ucx: descriptors and addresses survive the wire codec
   d.owner.pid = 1234;
   d.owner.worker_address = std::string(300, '\x07');
   d.owner.device = 1;
+  d.owner.start_time = 123456789;
   d.mapped_fd = 12;
   d.mapped_inode = 987654321;
   d.mapped_offset = 4096;
@@ -287,6 +294,7 @@ TEST_CASE("transfer_engine ucx: descriptors and addresses survive the wire codec
   CHECK(back.owner.pid == d.owner.pid);
   CHECK(back.owner.worker_address == d.owner.worker_address);
   CHECK(back.owner.device == d.owner.device);
+  CHECK(back.owner.start_time == d.owner.start_time);
   CHECK((back.mapped_fd == 12 && back.mapped_inode == 987654321 && back.mapped_offset == 4096));
 }
 
@@ -520,38 +528,49 @@ TEST_CASE("transfer_engine ucx: two processes, tcp, shared memory and a mapped b
   }
 }
 
-TEST_CASE("transfer_engine ucx: a peer process killed in the middle fails the operations in flight at once (tcp)") {
-  const size_t big = 256u << 20;
-  child_engine child(false, big);
-  auto a = transfer_engine_ucx(options("parent", false));
-  child.tell(a->address());
-  std::vector<unsigned char> buf(big);
-  // Warm the connection, then keep several large reads in flight and kill the owner.
-  CHECK(run([&](transfer_done done) { a->read(child.region, 0, buf.data(), 10, std::move(done)); }).first ==
-        errc::ok);
-  std::vector<std::unique_ptr<completion>> cs;
-  for (int i = 0; i < 4; ++i) {
-    cs.push_back(std::make_unique<completion>());
-    a->read(child.region, 0, buf.data(), big, cs.back()->done());
-  }
-  std::this_thread::sleep_for(5ms);
-  const auto t0 = steady::now();
-  REQUIRE(kill(child.pid, SIGKILL) == 0);
-  int failed = 0;
-  for (auto& c : cs) {
-    REQUIRE(c->wait(5s));
-    if (c->e != errc::ok) {
-      ++failed;
-      CHECK(c->e == transfer_error::peer_lost);
-      CHECK(std::chrono::duration<double, std::milli>(c->at - t0).count() < 500.0);
+TEST_CASE("transfer_engine ucx: a peer process killed in the middle fails the operations in flight at once") {
+  // tcp: the endpoint's error handler (mode PEER). Shared memory (mode NONE,
+  // no error handler): the watch on the peer's process (process_watch.hpp),
+  // for a region in heap memory (cma) and in a mapped shared buffer.
+  for (const auto& [shm, mapped] : {std::pair{false, false}, std::pair{true, false}, std::pair{true, true}}) {
+    CAPTURE(shm);
+    CAPTURE(mapped);
+    const size_t big = 256u << 20;
+    child_engine child(shm, big, 10s, mapped);
+    std::vector<unsigned char> buf(big);
+    std::vector<std::unique_ptr<completion>> cs;  // outlive the engine, which may still call them
+    auto a = transfer_engine_ucx(options("parent", shm));
+    child.tell(a->address());
+    // Warm the connection, then keep several large reads in flight and kill the owner.
+    CHECK(run([&](transfer_done done) { a->read(child.region, 0, buf.data(), 10, std::move(done)); }).first ==
+          errc::ok);
+    for (int i = 0; i < 4; ++i) {
+      cs.push_back(std::make_unique<completion>());
+      a->read(child.region, 0, buf.data(), big, cs.back()->done());
     }
+    std::this_thread::sleep_for(5ms);
+    const auto t0 = steady::now();
+    REQUIRE(kill(child.pid, SIGKILL) == 0);
+    int failed = 0;
+    for (auto& c : cs) {
+      REQUIRE(c->wait(5s));
+      if (c->e != errc::ok) {
+        ++failed;
+        CHECK(c->e == transfer_error::peer_lost);
+        CHECK(std::chrono::duration<double, std::milli>(c->at - t0).count() < 500.0);
+      }
+    }
+    MESSAGE(failed << " of 4 reads in flight failed when the owner died");
+    CHECK(failed >= (mapped ? 0 : 1));  // mapped reads are memcpys done before read() returns
+    check_idle(*a);
+    // A new operation towards the dead engine fails at once instead of
+    // hanging, also where the region's bytes are still mapped here.
+    child.kill_and_reap();
+    const auto t1 = steady::now();
+    CHECK(run([&](transfer_done done) { a->read(child.region, 0, buf.data(), 10, std::move(done)); }).first ==
+          transfer_error::peer_lost);
+    CHECK(steady::now() - t1 < 2s);
   }
-  MESSAGE(failed << " of 4 reads in flight failed when the owner died");
-  CHECK(failed >= 1);
-  check_idle(*a);
-  // A new operation towards the dead engine fails instead of hanging.
-  CHECK(run([&](transfer_done done) { a->read(child.region, 0, buf.data(), 10, std::move(done)); }).first ==
-        transfer_error::peer_lost);
 }
 
 TEST_CASE("transfer_engine ucx: a stopped peer process is answered by the timeout, not a hang (tcp)") {

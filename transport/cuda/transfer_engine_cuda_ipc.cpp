@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "transport/cuda/transfer_engine_cuda_impl.hpp"
+#include "transport/process_watch.hpp"
 #include "transport/transfer_engine_cuda.hpp"
 
 namespace troupe {
@@ -60,6 +61,7 @@ class cuda_ipc_engine final : public transfer_engine {
     address_.engine = te_util::random_id();
     address_.host_id = te_util::host_id();
     address_.pid = static_cast<uint32_t>(getpid());
+    address_.start_time = own_start_time();
     address_.device = o.device;
     waiter_ = std::thread([this] { wait_loop(); });
   }

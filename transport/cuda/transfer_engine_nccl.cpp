@@ -199,6 +199,8 @@ pair_state& nccl_engine::pair_for(const engine_address& peer) {
   if (fresh || p.peer.engine == 0) {
     p.peer = peer;
     p.rank = address_.engine < peer.engine ? 0 : 1;
+    if (peer.host_id == address_.host_id)
+      p.watch = process_watch::open(static_cast<int>(peer.pid), peer.start_time);
   }
   return p;
 }
@@ -214,6 +216,10 @@ void nccl_engine::start_connect(const engine_address& peer, transfer_done done) 
   if (p.state == pair_state::st::up) {
     c_.ended(outcome::ok, 0, false);
     return done(errc::ok, 0);
+  }
+  if (p.watch != nullptr && p.watch->exited()) {
+    c_.ended(outcome::peer_lost, 0, false);
+    return done(transfer_error::peer_lost, 0);
   }
   p.waiters.push_back(std::move(done));
   if (!p.recv_posted) {
@@ -388,12 +394,14 @@ void nccl_engine::run() {
     poll_events();
     poll_connecting(now);
     tick(now);
+    check_peers();
     bool busy = false;
     auto next = clock_type::time_point::max();
     for (auto& [id, p] : pairs_) {
       busy = busy || !p.in_flight.empty() || p.state == pair_state::st::connecting;
     }
     for (auto& [id, o] : ops_) next = std::min(next, o->deadline);
+    if (!ops_.empty()) next = std::min(next, now + peer_check_interval);  // see check_peers
     if (!unexpected_.empty()) next = std::min(next, unexpected_.front().expires);
     lock.lock();
     if (!commands_.empty() || stop_) continue;
@@ -404,6 +412,12 @@ void nccl_engine::run() {
     else
       cv_.wait_until(lock, next);
   }
+}
+
+void nccl_engine::check_peers() {
+  for (auto& [id, p] : pairs_)
+    if (p.state != pair_state::st::idle && p.watch != nullptr && p.watch->exited())
+      fail_pair(p, outcome::peer_lost, "its process " + std::to_string(p.watch->pid()) + " exited");
 }
 
 void nccl_engine::shutdown() {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "transport/cuda/transfer_engine_cuda_impl.hpp"
+#include "transport/process_watch.hpp"
 #include "transport/transfer_engine_cuda.hpp"
 
 #ifdef TROUPE_HAVE_NCCL
@@ -42,6 +43,9 @@ inline bool nccl_ok(ncclResult_t r, const char* what, const char* file, int line
 
 inline constexpr uint64_t ctl_tag = 1;
 inline constexpr auto poll_interval = std::chrono::microseconds(100);
+/// How often, while operations wait, the peers' processes are looked at
+/// (check_peers): each look is one poll() per pair on this host.
+inline constexpr auto peer_check_interval = std::chrono::milliseconds(10);
 
 enum msg_kind : uint32_t { msg_id = 1, msg_req_read, msg_req_write, msg_rts, msg_nack, msg_ready, msg_go, msg_cancel, msg_ack };
 
@@ -104,6 +108,9 @@ struct pair_state {
   std::deque<std::pair<cudaEvent_t, uint64_t>> in_flight;  // event, half id
   std::vector<uint64_t> waiting_ops;
   std::vector<ctl_msg> early;  // messages that came before this side saw the communicator up
+  // The peer's process when it runs on this host: NCCL kernels would wait
+  // for a dead peer until the timeout; its exit fails the pair at once.
+  std::shared_ptr<process_watch> watch;
 };
 
 struct unexpected_rts {
@@ -171,6 +178,8 @@ class nccl_engine final : public nccl_transfer_engine {
 
   // ---- the engine thread (transfer_engine_nccl.cpp) ----
   void tick(clock_type::time_point now);
+  /// Fails every active pair whose peer process on this host has exited.
+  void check_peers();
   void run();
   void shutdown();
 
