@@ -27,7 +27,7 @@ namespace te_ucx {
 
 void request_cb(void* request, ucs_status_t status, void* user_data) {
   std::unique_ptr<request_ctx> ctx(static_cast<request_ctx*>(user_data));
-  --ctx->owner->outstanding_;
+  ctx->owner->in_ucx_.erase(ctx.get());
   ucp_request_free(request);
   if (ctx->then) ctx->then(status);
 }
@@ -128,19 +128,23 @@ void impl::shutdown() {
   for (conn* c : cs) fail_conn(c, outcome::cancelled, "engine shutting down", true);
   run_deferred();
   const auto deadline = clock::now() + std::chrono::seconds(1);
-  while ((!closing_.empty() || outstanding_ > 0) && clock::now() < deadline) {
+  while ((!closing_.empty() || !in_ucx_.empty()) && clock::now() < deadline) {
     ucp_worker_progress(worker_);
     run_deferred();
     reap_closing();
   }
-  if (!closing_.empty() || outstanding_ > 0)
+  if (!closing_.empty() || !in_ucx_.empty())
     log()->warn("transfer engine {}: {} endpoints and {} requests still open at shutdown", opt_.name,
-                closing_.size(), outstanding_);
+                closing_.size(), in_ucx_.size());
   for (auto& [id, r] : regions_)
     if (r.memh != nullptr) ucp_mem_unmap(context_, r.memh);
   regions_.clear();
   s_.registrations = 0;
   ucp_worker_destroy(worker_);  // no UCX request can touch memory after this
+  // Requests UCX never completed (a rendezvous from a peer that died cannot
+  // be cancelled in UCX 1.13): their callbacks will not run now.
+  for (request_ctx* ctx : in_ucx_) delete ctx;
+  in_ucx_.clear();
   all.clear();
   for (auto& [id, o] : ops_) all.push_back(o.get());
   for (op* o : all) {
@@ -288,7 +292,7 @@ bool impl::owner_alive(const engine_address& owner) {
 
 void impl::track(ucs_status_ptr_t r, request_ctx* ctx) {
   if (UCS_PTR_IS_PTR(r)) {
-    ++outstanding_;
+    in_ucx_.insert(ctx);
     return;  // send_cb (or the recv/flush callbacks) takes over ctx
   }
   std::unique_ptr<request_ctx> owned(ctx);

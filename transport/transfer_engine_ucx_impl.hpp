@@ -29,6 +29,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "transport/process_watch.hpp"
@@ -316,7 +317,7 @@ struct impl {
   bool owner_alive(const engine_address& owner);
   std::mutex owners_mu_;
   std::map<std::pair<uint32_t, uint64_t>, std::shared_ptr<process_watch>> owners_;  ///< (pid, start time); null: no watch
-  size_t outstanding_ = 0;  ///< UCX requests not yet completed
+  std::unordered_set<request_ctx*> in_ucx_;  ///< contexts of UCX requests not yet completed
 
   std::atomic<uint64_t> next_op_{1};
   te_util::counters s_;
