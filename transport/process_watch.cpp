@@ -2,6 +2,7 @@
 #include "transport/process_watch.hpp"
 
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -36,8 +37,13 @@ uint64_t own_start_time() {
   return process_start_time(static_cast<int>(getpid()));
 }
 
-std::unique_ptr<process_watch> process_watch::open(int pid, uint64_t start_time) {
-  if (pid <= 0 || start_time == 0) return nullptr;
+uint64_t own_pid_namespace() {
+  struct stat st {};
+  return ::stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
+std::unique_ptr<process_watch> process_watch::open(int pid, uint64_t start_time, uint64_t pid_namespace) {
+  if (pid <= 0 || start_time == 0 || pid_namespace == 0 || pid_namespace != own_pid_namespace()) return nullptr;
 #ifdef SYS_pidfd_open
   const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   if (fd < 0) return nullptr;

@@ -9,9 +9,10 @@
 // exits; it can sit in the same poll() as the UCX worker's event fd. A pid
 // alone does not name a process: it is reused, and peers in another pid
 // namespace on the same host (containers sharing a kernel, hence a boot id)
-// have pids that mean something else here. So a peer also announces its
-// start time (/proc/<pid>/stat, clock ticks since boot), and a watch is made
-// only when the process found here under that pid started at that time;
+// have pids that mean something else here. So a peer also announces its pid
+// namespace and its start time (/proc/<pid>/stat, clock ticks since boot),
+// and a watch is made only when the peer shares this process's pid
+// namespace and the process found here under that pid started at that time;
 // otherwise there is no watch and the timeout remains the fallback.
 #pragma once
 
@@ -27,13 +28,18 @@ uint64_t process_start_time(int pid);
 /// This process's start time (process_start_time(getpid())).
 uint64_t own_start_time();
 
+/// This process's pid namespace (the inode of /proc/self/ns/pid); 0 when
+/// it cannot be read.
+uint64_t own_pid_namespace();
+
 /// A watch on one process of this host; the process need not be a child.
 class process_watch {
  public:
-  /// A watch on `pid` when that pid names, here, the process that started at
-  /// `start_time`; null when it does not (exited, reused, another pid
-  /// namespace, start_time 0) or pidfds are unavailable.
-  static std::unique_ptr<process_watch> open(int pid, uint64_t start_time);
+  /// A watch on `pid` of pid namespace `pid_namespace` when that names, here,
+  /// the process that started at `start_time`; null when it does not
+  /// (exited, reused, another pid namespace, start_time 0) or pidfds are
+  /// unavailable (old kernel, seccomp).
+  static std::unique_ptr<process_watch> open(int pid, uint64_t start_time, uint64_t pid_namespace);
   ~process_watch();
   process_watch(const process_watch&) = delete;
   process_watch& operator=(const process_watch&) = delete;

@@ -38,13 +38,14 @@ struct engine_address {
   bool shared_memory = false;  ///< ucx: it moves data over shared memory with peers of its host
   int32_t device = -1;         ///< CUDA device ordinal of a GPU engine; -1 for host memory
   uint64_t start_time = 0;     ///< its process's start time (process_watch.hpp): with pid, names the process; 0 unknown
+  uint64_t pid_namespace = 0;  ///< the pid namespace `pid` belongs to (process_watch.hpp); 0 unknown
 };
 
 /// Schema of engine_address (CAF serialization and the wire codec).
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_address& x) {
   return f(caf::meta::type_name("engine_address"), x.engine, x.host, x.host_id, x.pid, x.worker_address,
-           x.shared_memory, x.device, x.start_time);
+           x.shared_memory, x.device, x.start_time, x.pid_namespace);
 }
 
 /// What a peer needs to address a registered region.

@@ -49,6 +49,7 @@ impl::impl(const ucx_engine_options& o) : opt_(o) {
   address_.host_id = te_util::host_id();
   address_.pid = static_cast<uint32_t>(getpid());
   address_.start_time = own_start_time();
+  address_.pid_namespace = own_pid_namespace();
 
   ucp_config_t* config = nullptr;
   TROUPE_TE_UCS_CHECK(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
@@ -128,12 +129,16 @@ void impl::shutdown() {
   for (conn* c : cs) fail_conn(c, outcome::cancelled, "engine shutting down", true);
   run_deferred();
   const auto deadline = clock::now() + std::chrono::seconds(1);
-  while ((!closing_.empty() || !in_ucx_.empty()) && clock::now() < deadline) {
+  // Receives from a process that exited never end: do not wait for them.
+  auto waiting = [this] {
+    return std::any_of(in_ucx_.begin(), in_ucx_.end(), [this](const request_ctx* x) { return exited_.count(x->from) == 0; });
+  };
+  while ((!closing_.empty() || waiting()) && clock::now() < deadline) {
     ucp_worker_progress(worker_);
     run_deferred();
     reap_closing();
   }
-  if (!closing_.empty() || !in_ucx_.empty())
+  if (!closing_.empty() || waiting())
     log()->warn("transfer engine {}: {} endpoints and {} requests still open at shutdown", opt_.name,
                 closing_.size(), in_ucx_.size());
   for (auto& [id, r] : regions_)
@@ -267,7 +272,13 @@ void impl::run() {
     for (size_t i = 0; n > 0 && i < watched.size(); ++i)
       if (fds[2 + i].revents != 0)
         if (conn* c = find_conn(watched[i])) {
+          // UCX 1.13 cannot cancel the rendezvous receives it had started
+          // from that peer: their operations fail after abandon_grace while
+          // UCX still points at the callers' buffers. That is safe because a
+          // process that has exited sends nothing more, and what it had
+          // queued here is drained by progress within the grace.
           c->peer_exited = true;
+          exited_.insert(c->peer.engine);
           fail_conn(c, outcome::peer_lost, "its process " + std::to_string(c->watch->pid()) + " exited", true);
         }
   }
@@ -280,7 +291,8 @@ std::shared_ptr<process_watch> impl::owner_watch(const engine_address& owner) {
   auto it = owners_.find(key);
   if (it == owners_.end()) {
     if (owners_.size() >= 256) owners_.clear();  // bounded; watches are cheap to open again
-    it = owners_.emplace(key, process_watch::open(static_cast<int>(owner.pid), owner.start_time)).first;
+    it = owners_.emplace(key, process_watch::open(static_cast<int>(owner.pid), owner.start_time, owner.pid_namespace))
+             .first;
   }
   return it->second;
 }
@@ -322,9 +334,10 @@ void impl::send_control(uint64_t peer, unsigned id, const msg_header& h) {
   send_am(c, id, ctx, nullptr, 0, true);
 }
 
-void impl::recv_data(void* desc, void* dest, size_t length, std::function<void(ucs_status_t)> then) {
+void impl::recv_data(uint64_t from, void* desc, void* dest, size_t length, std::function<void(ucs_status_t)> then) {
   auto* ctx = new request_ctx;
   ctx->owner = this;
+  ctx->from = from;
   ctx->then = std::move(then);
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;

@@ -182,7 +182,7 @@ bool impl::open_peer_endpoint(conn* c) {
   // handler fails the connection at once.
   c->shared_memory = opt_.shared_memory && c->peer.shared_memory && c->peer.host_id == address_.host_id;
   if (c->peer.host_id == address_.host_id && c->watch == nullptr)
-    c->watch = process_watch::open(static_cast<int>(c->peer.pid), c->peer.start_time);
+    c->watch = process_watch::open(static_cast<int>(c->peer.pid), c->peer.start_time, c->peer.pid_namespace);
   ucp_ep_params_t p{};
   if (c->shared_memory) {
     p.field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;

@@ -171,6 +171,7 @@ struct region {
 /// until then, and `then` continues the protocol.
 struct request_ctx {
   struct impl* owner = nullptr;
+  uint64_t from = 0;  ///< a rendezvous receive: the engine the bytes come from
   msg_header header;
   std::vector<char> copy;
   std::function<void(ucs_status_t)> then;
@@ -219,7 +220,7 @@ struct impl {
   /// Sends a header-only message to the peer's live connection, if any.
   void send_control(uint64_t peer, unsigned id, const msg_header& h);
   /// Receives a rendezvous payload into dest; then(status) when it is there.
-  void recv_data(void* desc, void* dest, size_t length, std::function<void(ucs_status_t)> then);
+  void recv_data(uint64_t from, void* desc, void* dest, size_t length, std::function<void(ucs_status_t)> then);
 
   // ---- progress thread: connections (transfer_engine_ucx_conn.cpp) ----
   void register_am_handlers();
@@ -318,6 +319,7 @@ struct impl {
   std::mutex owners_mu_;
   std::map<std::pair<uint32_t, uint64_t>, std::shared_ptr<process_watch>> owners_;  ///< (pid, start time); null: no watch
   std::unordered_set<request_ctx*> in_ucx_;  ///< contexts of UCX requests not yet completed
+  std::unordered_set<uint64_t> exited_;       ///< engines whose process was seen to exit (their receives never end)
 
   std::atomic<uint64_t> next_op_{1};
   te_util::counters s_;

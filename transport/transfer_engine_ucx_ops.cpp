@@ -318,7 +318,7 @@ ucs_status_t impl::on_write(conn* c, const msg_header& h, void* data, size_t len
   }
   ++s_.serving;
   const uint64_t peer = h.from, op_id = h.op;
-  recv_data(data, dest, length, [this, peer, op_id, length](ucs_status_t st) {
+  recv_data(peer, data, dest, length, [this, peer, op_id, length](ucs_status_t st) {
     --s_.serving;
     ack(peer, op_id, st == UCS_OK ? outcome::ok : outcome::peer_lost, st == UCS_OK ? length : 0);
   });
@@ -347,7 +347,7 @@ ucs_status_t impl::on_read_resp(conn* c, const msg_header& h, void* data, size_t
   o->state = op_state::moving;
   ++o->inflight;
   const uint64_t id = o->id;
-  recv_data(data, o->local, length, [this, id, length](ucs_status_t st) { buffer_done(id, st, true, length); });
+  recv_data(h.from, data, o->local, length, [this, id, length](ucs_status_t st) { buffer_done(id, st, true, length); });
   return UCS_OK;
 }
 
@@ -503,7 +503,7 @@ ucs_status_t impl::on_send_data(conn* c, const msg_header& h, void* data, size_t
   r->state = op_state::moving;
   ++r->inflight;
   const uint64_t id = r->id, sender = h.from, sender_op = h.op2;
-  recv_data(data, r->local, length, [this, id, sender, sender_op, length](ucs_status_t st) {
+  recv_data(sender, data, r->local, length, [this, id, sender, sender_op, length](ucs_status_t st) {
     ack(sender, sender_op, st == UCS_OK ? outcome::ok : outcome::peer_lost, st == UCS_OK ? length : 0);
     buffer_done(id, st, true, length);
   });

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -183,8 +184,11 @@ struct process {
     // earlier process of the same name left there.
     const int o = ::open(out.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
     const int e = ::open(err.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    REQUIRE(o >= 0);
-    REQUIRE(e >= 0);
+    if (o < 0 || e < 0) {
+      if (o >= 0) ::close(o);
+      if (e >= 0) ::close(e);
+      FAIL("cannot create " << out << " or " << err << ": " << std::strerror(errno));
+    }
     pid = fork();
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test killed by CTest's timeout leaves nothing behind

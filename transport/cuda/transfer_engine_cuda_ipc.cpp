@@ -62,6 +62,7 @@ class cuda_ipc_engine final : public transfer_engine {
     address_.host_id = te_util::host_id();
     address_.pid = static_cast<uint32_t>(getpid());
     address_.start_time = own_start_time();
+    address_.pid_namespace = own_pid_namespace();
     address_.device = o.device;
     waiter_ = std::thread([this] { wait_loop(); });
   }

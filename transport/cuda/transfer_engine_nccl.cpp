@@ -200,7 +200,7 @@ pair_state& nccl_engine::pair_for(const engine_address& peer) {
     p.peer = peer;
     p.rank = address_.engine < peer.engine ? 0 : 1;
     if (peer.host_id == address_.host_id)
-      p.watch = process_watch::open(static_cast<int>(peer.pid), peer.start_time);
+      p.watch = process_watch::open(static_cast<int>(peer.pid), peer.start_time, peer.pid_namespace);
   }
   return p;
 }
@@ -213,13 +213,14 @@ void nccl_engine::start_connect(const engine_address& peer, transfer_done done) 
     return done(transfer_error::bad_request, 0);
   }
   pair_state& p = pair_for(peer);
+  check_peers();  // a pair can look up while its peer is gone (the thread slept through the exit)
+  if (p.peer_exited) {
+    c_.ended(outcome::peer_lost, 0, false);
+    return done(transfer_error::peer_lost, 0);
+  }
   if (p.state == pair_state::st::up) {
     c_.ended(outcome::ok, 0, false);
     return done(errc::ok, 0);
-  }
-  if (p.watch != nullptr && p.watch->exited()) {
-    c_.ended(outcome::peer_lost, 0, false);
-    return done(transfer_error::peer_lost, 0);
   }
   p.waiters.push_back(std::move(done));
   if (!p.recv_posted) {
@@ -415,9 +416,13 @@ void nccl_engine::run() {
 }
 
 void nccl_engine::check_peers() {
-  for (auto& [id, p] : pairs_)
-    if (p.state != pair_state::st::idle && p.watch != nullptr && p.watch->exited())
+  for (auto& [id, p] : pairs_) {
+    if (p.watch == nullptr || !p.watch->exited()) continue;
+    p.peer_exited = true;
+    if (p.state != pair_state::st::idle)
       fail_pair(p, outcome::peer_lost, "its process " + std::to_string(p.watch->pid()) + " exited");
+    p.watch.reset();  // its pidfd is not needed any more
+  }
 }
 
 void nccl_engine::shutdown() {

@@ -111,6 +111,7 @@ struct pair_state {
   // The peer's process when it runs on this host: NCCL kernels would wait
   // for a dead peer until the timeout; its exit fails the pair at once.
   std::shared_ptr<process_watch> watch;
+  bool peer_exited = false;  ///< the watch saw it exit: connect() fails at once
 };
 
 struct unexpected_rts {
@@ -178,7 +179,8 @@ class nccl_engine final : public nccl_transfer_engine {
 
   // ---- the engine thread (transfer_engine_nccl.cpp) ----
   void tick(clock_type::time_point now);
-  /// Fails every active pair whose peer process on this host has exited.
+  /// Fails every active pair whose peer process on this host has exited,
+  /// and marks such pairs so that connecting again fails at once.
   void check_peers();
   void run();
   void shutdown();
