@@ -458,5 +458,13 @@ TEST_CASE("transfer_engine nccl: two processes, read, write, send, recv, bandwid
   // The peer is on this host: the watch on its process fails the pair well
   // before the operations' timeout (process_watch.hpp).
   CHECK(after_s < 1.0);
+  // Later operations and connects towards it fail at once, as peer_lost.
+  const auto later = steady::now();
+  CHECK(run([&](transfer_done done) { a->read(d, 0, buf.p, 16, std::move(done)); }).first == transfer_error::peer_lost);
+  completion again;
+  a->connect(d.owner, again.done());
+  REQUIRE(again.wait());
+  CHECK(again.e == transfer_error::peer_lost);
+  CHECK(steady::now() - later < std::chrono::milliseconds(500));
   check_idle(*a);
 }

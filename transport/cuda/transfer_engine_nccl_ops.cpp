@@ -27,6 +27,7 @@ void nccl_engine::start(std::unique_ptr<op> owned) {
   if (o->peer == 0 || o->peer == address_.engine) return finish(o, outcome::bad_request, 0);
   if (o->bytes == 0 && o->kind != op_kind::recv && o->kind != op_kind::send) return finish(o, outcome::ok, 0);
   auto it = pairs_.find(o->peer);
+  if (it != pairs_.end() && it->second.peer_exited) return finish(o, outcome::peer_lost, 0);
   if (it == pairs_.end() || it->second.state == pair_state::st::idle)
     return finish(o, outcome::bad_request, 0);  // connect() first
   if (it->second.state == pair_state::st::connecting) return it->second.waiting_ops.push_back(o->id);
