@@ -285,7 +285,7 @@ void impl::run() {
   shutdown();
 }
 
-std::shared_ptr<process_watch> impl::owner_watch(const engine_address& owner) {
+bool impl::owner_alive(const engine_address& owner) {
   std::lock_guard<std::mutex> lock(owners_mu_);
   const std::pair<uint32_t, uint64_t> key{owner.pid, owner.start_time};
   auto it = owners_.find(key);
@@ -294,12 +294,7 @@ std::shared_ptr<process_watch> impl::owner_watch(const engine_address& owner) {
     it = owners_.emplace(key, process_watch::open(static_cast<int>(owner.pid), owner.start_time, owner.pid_namespace))
              .first;
   }
-  return it->second;
-}
-
-bool impl::owner_alive(const engine_address& owner) {
-  const std::shared_ptr<process_watch> w = owner_watch(owner);
-  return w == nullptr || !w->exited();
+  return it->second == nullptr || !it->second->exited();
 }
 
 void impl::track(ucs_status_ptr_t r, request_ctx* ctx) {

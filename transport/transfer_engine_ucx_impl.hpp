@@ -308,16 +308,13 @@ struct impl {
   std::unordered_map<uint64_t, region> regions_;
   /// Same-host peers' shared buffers mapped here (any thread; thread-safe).
   shared_host_mapper mapped_;
-  /// A watch on a same-host region owner's process, or null when its
-  /// identity cannot be checked here (any thread; cached).
-  std::shared_ptr<process_watch> owner_watch(const engine_address& owner);
   /// Whether the owner of a mapped region is alive (any thread): a region
   /// whose owner died fails like any other of its regions, though its bytes
   /// are still mapped here (see mapped() in transfer_engine_ucx.cpp). True
   /// when it cannot be told.
   bool owner_alive(const engine_address& owner);
   std::mutex owners_mu_;
-  std::map<std::pair<uint32_t, uint64_t>, std::shared_ptr<process_watch>> owners_;  ///< (pid, start time); null: no watch
+  std::map<std::pair<uint32_t, uint64_t>, std::unique_ptr<process_watch>> owners_;  ///< (pid, start time); null: no watch
   std::unordered_set<request_ctx*> in_ucx_;  ///< contexts of UCX requests not yet completed
   std::unordered_set<uint64_t> exited_;       ///< engines whose process was seen to exit (their receives never end)
 

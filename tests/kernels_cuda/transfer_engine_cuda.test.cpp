@@ -102,6 +102,16 @@ void check_bytes(transfer_engine& a, const memory_descriptor& d, std::vector<uns
         transfer_error::bad_request);
 }
 
+// A send and its matching recv both completed, and `dst` holds `data`.
+void check_delivered(completion& s, completion& r, const gpu_buffer& dst, const std::vector<unsigned char>& data) {
+  REQUIRE(s.wait());
+  REQUIRE(r.wait());
+  CHECK(s.e == errc::ok);
+  CHECK(r.e == errc::ok);
+  CHECK(r.bytes == data.size());
+  CHECK(dst.download(0, data.size()) == data);
+}
+
 // GB/s of `reps` 64 MiB reads into device 0.
 double read_gbps(transfer_engine& a, const memory_descriptor& d, int reps = 20) {
   gpu_buffer buf(0, big);
@@ -305,12 +315,7 @@ TEST_CASE("transfer_engine nccl: two GPUs in one process, read, write, send, rec
       if (recv_first) b->recv(a->address(), 7, dst.p, n + 1, r.done());
       a->send(b->address(), 7, src.p, n, s.done());
       if (!recv_first) b->recv(a->address(), 7, dst.p, n + 1, r.done());
-      REQUIRE(s.wait());
-      REQUIRE(r.wait());
-      CHECK(s.e == errc::ok);
-      CHECK(r.e == errc::ok);
-      CHECK(r.bytes == n);
-      CHECK(dst.download(0, n) == data);
+      check_delivered(s, r, dst, data);
     }
   }
   {  // a message larger than the recv fails both sides
@@ -422,12 +427,7 @@ TEST_CASE("transfer_engine nccl: two processes, read, write, send, recv, bandwid
     completion s, r;
     a->recv(d.owner, 8, dst.p, n + 1, r.done());
     a->send(d.owner, 7, src.p, n, s.done());
-    REQUIRE(s.wait());
-    REQUIRE(r.wait());
-    CHECK(s.e == errc::ok);
-    CHECK(r.e == errc::ok);
-    CHECK(r.bytes == n);
-    CHECK(dst.download(0, n) == data);
+    check_delivered(s, r, dst, data);
   }
 
   // kill -9 of the peer: what is in flight, and what comes after, ends in an
