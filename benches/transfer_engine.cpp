@@ -2,7 +2,7 @@
 // processes on this host, over tcp only and over shared memory: 64 MiB read,
 // write and send/recv (GB/s, median of the repetitions), and the round trip of
 // a 64 B read (median and p99 of sequential reads). The owner runs in a
-// forked child so that each side has its own process, as two instances on
+// child process so that each side has its own process, as two instances on
 // one host would. Prints a table and writes JSON.
 #include <CLI/CLI.hpp>
 #include <sys/prctl.h>
@@ -66,45 +66,65 @@ double median(std::vector<double> v) {
 }
 
 int busy_poll_us = 20;  // --busy-poll-us
+constexpr size_t bench_bytes = 64u << 20;
 
 struct row {
   std::string path, op;
   double gbps = 0, lat_us_p50 = 0, lat_us_p99 = 0;
 };
 
-// The owner: registers `bytes`, reports the descriptor, then echoes tag 1 as tag 2 forever.
-pid_t start_owner(bool shm, size_t bytes, memory_descriptor& region, int& to_child) {
+// The owner (this binary run with --owner): registers `bytes`, reports the
+// descriptor on fd 3, reads the parent's address from fd 4, then echoes tag 1
+// as tag 2 until it is killed.
+[[noreturn]] void run_owner(bool shm, size_t bytes) {
+  constexpr int up = 3, down = 4;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ucx_engine_options o;
+  o.name = "owner";
+  o.advertised_host = "127.0.0.1";
+  o.shared_memory = shm;
+  o.busy_poll = std::chrono::microseconds(busy_poll_us);
+  auto te = transfer_engine_ucx(o);
+  std::vector<char> memory(bytes, 1);
+  memory_descriptor d = te->register_memory(memory.data(), memory.size());
+  const std::vector<char> packed = wire_pack(d);
+  const uint32_t len = static_cast<uint32_t>(packed.size());
+  if (write(up, &len, 4) != 4 || write(up, packed.data(), len) != static_cast<ssize_t>(len)) _exit(2);
+  uint32_t plen = 0;
+  if (read(down, &plen, 4) != 4) _exit(3);
+  std::vector<char> pb(plen);
+  if (read(down, pb.data(), plen) != static_cast<ssize_t>(plen)) _exit(3);
+  engine_address parent;
+  if (wire_unpack(pb, parent, nullptr) != errc::ok) _exit(4);
+  std::vector<char> buf(bytes);
+  for (;;) {
+    waiter r;
+    te->recv(parent, 1, buf.data(), buf.size(), r.cb());
+    r.wait();
+    waiter s;
+    te->send(parent, 2, buf.data(), buf.size(), s.cb());
+    s.wait();
+  }
+}
+
+// Starts the owner as a new image of this binary (exec right after fork): a
+// child that only forks from a process that has used UCX can hang in its
+// ucp_init on a lock of UCX's memory hooks that the fork copied held.
+pid_t start_owner(bool shm, memory_descriptor& region, int& to_child) {
   int up[2], down[2];
   if (pipe(up) != 0 || pipe(down) != 0) throw error(errc::errc_io, "pipe");
+  std::string self = "/proc/self/exe", mode = "--owner", path = shm ? "shm" : "tcp", poll = "--busy-poll-us",
+              poll_us = std::to_string(busy_poll_us);
+  char* args[] = {self.data(), mode.data(), path.data(), poll.data(), poll_us.data(), nullptr};
   const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ucx_engine_options o;
-    o.name = "owner";
-    o.advertised_host = "127.0.0.1";
-    o.shared_memory = shm;
-    o.busy_poll = std::chrono::microseconds(busy_poll_us);
-    auto te = transfer_engine_ucx(o);
-    std::vector<char> memory(bytes, 1);
-    memory_descriptor d = te->register_memory(memory.data(), memory.size());
-    const std::vector<char> packed = wire_pack(d);
-    const uint32_t len = static_cast<uint32_t>(packed.size());
-    if (write(up[1], &len, 4) != 4 || write(up[1], packed.data(), len) != static_cast<ssize_t>(len)) _exit(2);
-    uint32_t plen = 0;
-    if (read(down[0], &plen, 4) != 4) _exit(3);
-    std::vector<char> pb(plen);
-    if (read(down[0], pb.data(), plen) != static_cast<ssize_t>(plen)) _exit(3);
-    engine_address parent;
-    if (wire_unpack(pb, parent, nullptr) != errc::ok) _exit(4);
-    std::vector<char> buf(bytes);
-    for (;;) {
-      waiter r;
-      te->recv(parent, 1, buf.data(), buf.size(), r.cb());
-      r.wait();
-      waiter s;
-      te->send(parent, 2, buf.data(), buf.size(), s.cb());
-      s.wait();
-    }
+  if (pid < 0) throw error(errc::errc_io, "fork");
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    dup2(up[1], 3);
+    dup2(down[0], 4);
+    for (int fd : {up[0], up[1], down[0], down[1]})
+      if (fd > 4) close(fd);
+    execv(self.c_str(), args);
+    _exit(127);
   }
   close(up[1]);
   close(down[0]);
@@ -121,7 +141,7 @@ pid_t start_owner(bool shm, size_t bytes, memory_descriptor& region, int& to_chi
 std::vector<row> measure(bool shm, size_t bytes, int reps, int small_reps) {
   memory_descriptor d;
   int to_child = -1;
-  const pid_t pid = start_owner(shm, bytes, d, to_child);
+  const pid_t pid = start_owner(shm, d, to_child);
   ucx_engine_options o;
   o.name = "bench";
   o.advertised_host = "127.0.0.1";
@@ -185,18 +205,21 @@ int main(int argc, char** argv) {
   app.add_option("--json", json, "where to write the results");
   app.add_option("--busy-poll-us", busy_poll_us, "ucx_engine_options::busy_poll of both engines")
       ->check(CLI::Range(0, 1000000));
+  std::string owner;  // set only in the owner process this bench starts
+  app.add_option("--owner", owner, "internal: run as the owner over tcp or shm")->check(CLI::IsMember({"tcp", "shm"}));
   CLI11_PARSE(app, argc, argv);
+  if (!owner.empty()) run_owner(owner == "shm", bench_bytes);
   if (getenv("TROUPE_TE_TRACE")) spdlog::set_level(spdlog::level::trace);  // prints the UCX lanes of each endpoint
   try {
     std::vector<row> rows;
     for (const bool shm : {false, true})
-      for (auto& r : measure(shm, 64u << 20, reps, small_reps)) rows.push_back(r);
+      for (auto& r : measure(shm, bench_bytes, reps, small_reps)) rows.push_back(r);
     std::printf("%-5s %-28s %10s %12s %12s\n", "path", "operation", "GB/s", "p50 us", "p99 us");
     for (const auto& r : rows)
       std::printf("%-5s %-28s %10.2f %12.1f %12.1f\n", r.path.c_str(), r.op.c_str(), r.gbps, r.lat_us_p50,
                   r.lat_us_p99);
     std::ofstream out(json);
-    out << "{\"bench\": \"transfer_engine\", \"bytes\": " << (64u << 20) << ", \"rows\": [";
+    out << "{\"bench\": \"transfer_engine\", \"bytes\": " << bench_bytes << ", \"rows\": [";
     for (size_t i = 0; i < rows.size(); ++i)
       out << (i ? ", " : "") << "{\"path\": \"" << rows[i].path << "\", \"op\": \"" << rows[i].op
           << "\", \"gbps\": " << rows[i].gbps << ", \"p50_us\": " << rows[i].lat_us_p50

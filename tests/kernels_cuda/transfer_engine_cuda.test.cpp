@@ -13,8 +13,6 @@
 // ranks of one communicator on one GPU of one host.
 #include <doctest/doctest.h>
 #include <cuda_runtime.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -23,14 +21,14 @@
 #include <string>
 #include <vector>
 
+#include "../child_process.hpp"
 #include "../transport/transfer_engine_test_util.hpp"
 #include "transport/transfer_engine_cuda.hpp"
 #include "transport/wire_codec.hpp"
 
-extern char** environ;
-
 using namespace troupe;
 using namespace te_test;
+using namespace test_child;
 
 namespace {
 
@@ -129,78 +127,6 @@ double read_gbps(transfer_engine& a, const memory_descriptor& d, int reps = 20) 
   return static_cast<double>(big) * reps / std::chrono::duration<double>(steady::now() - t0).count() / 1e9;
 }
 
-// Length-prefixed frames on the pipes between a case and its child.
-void write_frame(int fd, const std::vector<char>& bytes) {
-  const uint32_t len = static_cast<uint32_t>(bytes.size());
-  REQUIRE(write(fd, &len, 4) == 4);
-  REQUIRE(write(fd, bytes.data(), len) == static_cast<ssize_t>(len));
-}
-
-std::vector<char> read_frame(int fd) {
-  uint32_t len = 0;
-  REQUIRE(read(fd, &len, 4) == 4);
-  std::vector<char> bytes(len);
-  size_t got = 0;
-  while (got < len) {
-    const ssize_t n = read(fd, bytes.data() + got, len - got);
-    REQUIRE(n > 0);
-    got += static_cast<size_t>(n);
-  }
-  return bytes;
-}
-
-/// This binary run again as a child that runs only the test case `name`
-/// (which acts when TROUPE_TE_CHILD_FD is set), with `env` added to its
-/// environment. The child reports on `from`; its stdin is `to`, and closing
-/// that ends it. The destructor closes both and reaps the child.
-struct child_process {
-  pid_t pid = -1;
-  int from = -1, to = -1;
-  child_process(const std::string& name, const std::vector<std::string>& env) {
-    int up[2], down[2];
-    REQUIRE(pipe(up) == 0);
-    REQUIRE(pipe(down) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, down[0], 0);
-    posix_spawn_file_actions_addclose(&fa, down[1]);
-    posix_spawn_file_actions_addclose(&fa, up[0]);
-    std::vector<std::string> env_strings{"TROUPE_TE_CHILD_FD=" + std::to_string(up[1])};
-    env_strings.insert(env_strings.end(), env.begin(), env.end());
-    for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-    std::vector<char*> envp;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::string self = "/proc/self/exe", filter = "-tc=" + name;
-    char* argv[] = {self.data(), filter.data(), nullptr};
-    REQUIRE(posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv, envp.data()) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(up[1]);
-    close(down[0]);
-    from = up[0];
-    to = down[1];
-  }
-  ~child_process() {
-    if (to >= 0) close(to);
-    int status = 0;
-    if (pid > 0) waitpid(pid, &status, 0);
-    close(from);
-  }
-};
-
-/// In a child: the fd to report on, or -1 when this is not the child run.
-int child_fd() {
-  const char* fd_text = std::getenv("TROUPE_TE_CHILD_FD");
-  return fd_text == nullptr ? -1 : std::atoi(fd_text);
-}
-
-/// In a child: returns when the parent closes its stdin (or is gone).
-void wait_for_parent() {
-  char c;
-  while (read(0, &c, 1) > 0) {
-  }
-}
-
 }  // namespace
 
 TEST_CASE("transfer_engine cuda_ipc: two GPUs in one process, bytes and bandwidth") {
@@ -229,25 +155,24 @@ TEST_CASE("transfer_engine cuda_ipc: two GPUs in one process, bytes and bandwidt
   CHECK(b->stats().registrations == 0);
 }
 
-// Run as the owner process of the next case (TROUPE_TE_CHILD_FD set): registers
+// Run as the owner process of the next case (started by child_process): registers
 // a region on GPU 1, reports its descriptor on that fd, and lives until its
 // stdin closes.
-TEST_CASE("transfer_engine cuda_ipc: owner process (runs only as a child of the next case)") {
-  const int fd = child_fd();
-  if (fd < 0) return;
+TEST_CASE("transfer_engine cuda_ipc: owner process (runs only as a child of the next case)" * doctest::skip()) {
+  if (!is_child()) return;
   two_gpus(true);
   auto b = transfer_engine_cuda_ipc({"owner", owner_gpu});
   const std::vector<unsigned char> pattern = patterned(big + 8192, 1);
   gpu_buffer region(owner_gpu, pattern.size());
   region.upload(pattern);
   memory_descriptor d = b->register_memory(region.p, region.n);
-  write_frame(fd, wire_pack(d));
+  REQUIRE(write_frame(report_fd, wire_pack(d)));
   wait_for_parent();
   std::_Exit(0);
 }
 
 TEST_CASE("transfer_engine cuda_ipc: two processes by IPC handle, bytes and bandwidth") {
-  if (child_fd() >= 0 || !two_gpus(true)) return;
+  if (!two_gpus(true)) return;
   child_process owner("transfer_engine cuda_ipc: owner process*", {});
   memory_descriptor d;
   REQUIRE(wire_unpack(read_frame(owner.from), d, nullptr) == errc::ok);
@@ -351,13 +276,12 @@ const std::vector<size_t> nccl_message_sizes{1, 4096, big};
 
 }  // namespace
 
-// Run as the peer process of the next case (TROUPE_TE_CHILD_FD set): an nccl
+// Run as the peer process of the next case (started by child_process): an nccl
 // engine on GPU 1 with a region it reports on that fd; it connects to the
 // engine whose address comes on stdin, answers each message tagged 7 with
 // the same bytes tagged 8, and lives until its stdin closes.
-TEST_CASE("transfer_engine nccl: peer process (runs only as a child of the next case)") {
-  const int fd = child_fd();
-  if (fd < 0) return;
+TEST_CASE("transfer_engine nccl: peer process (runs only as a child of the next case)" * doctest::skip()) {
+  if (!is_child()) return;
   two_gpus(true);
   nccl_engine_options o;
   o.name = "peer", o.device = owner_gpu, o.timeout = nccl_test_timeout;
@@ -366,7 +290,7 @@ TEST_CASE("transfer_engine nccl: peer process (runs only as a child of the next 
   gpu_buffer region(owner_gpu, pattern.size());
   region.upload(pattern);
   memory_descriptor d = b->register_memory(region.p, region.n);
-  write_frame(fd, wire_pack(d));
+  REQUIRE(write_frame(report_fd, wire_pack(d)));
   engine_address a;
   REQUIRE(wire_unpack(read_frame(0), a, nullptr) == errc::ok);
   completion c;
@@ -384,7 +308,7 @@ TEST_CASE("transfer_engine nccl: peer process (runs only as a child of the next 
 }
 
 TEST_CASE("transfer_engine nccl: two processes, read, write, send, recv, bandwidth, peer killed") {
-  if (child_fd() >= 0 || !two_gpus(true)) return;
+  if (!two_gpus(true)) return;
   child_process peer("transfer_engine nccl: peer process*", nccl_env(true));
   for (const std::string& kv : nccl_env(false)) putenv(strdup(kv.c_str()));  // before this process's first NCCL call
   memory_descriptor d;
@@ -395,7 +319,7 @@ TEST_CASE("transfer_engine nccl: two processes, read, write, send, recv, bandwid
   o.name = "a", o.device = 0, o.timeout = nccl_test_timeout;
   auto a = transfer_engine_nccl(o);
   engine_address self = a->address();
-  write_frame(peer.to, wire_pack(self));
+  REQUIRE(write_frame(peer.to, wire_pack(self)));
   completion c;
   a->connect(d.owner, c.done());
   REQUIRE(c.wait());

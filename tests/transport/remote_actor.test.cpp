@@ -2,16 +2,14 @@
 // with their node_systems in this process (typed request/response over tcp
 // and shared memory with the round trip measured, one-way order, handles
 // inside messages used from a third node, remote exits seen by monitor(),
-// lookups that fail, requests answered when a link dies), a node in a forked
-// child process (SIGKILL and SIGSTOP seen by monitor() within the required
+// lookups that fail, requests answered when a link dies), a node in a child
+// process (SIGKILL and SIGSTOP seen by monitor() within the required
 // time), and a raw UCX peer speaking the envelope protocol by hand (malformed
 // payloads dropped and counted, a request to an unknown actor answered).
-// Children are forked before this process builds any CAF or UCX state.
+// Children are this binary started again (tests/child_process.hpp).
 #include "transport/node_system.hpp"
 
 #include <doctest/doctest.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -20,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "../child_process.hpp"
 #include "transport/remote_core.hpp"
 #include "transport/remote_protocol.hpp"
 
@@ -178,40 +177,18 @@ bool is_error(const caf::error& e, caf::exit_reason code) {
   return e.category() == base.category() && e.code() == base.code();
 }
 
-/// A node in a child process: publishes "victim" and waits to be killed.
+/// A node in a child process (the hidden case "remote actors: child node"):
+/// publishes "victim" and lives until this goes away.
 struct child_node {
+  test_child::child_process proc;
   pid_t pid = -1;
   uint16_t port = 0;
 
-  explicit child_node(const ucx_node_options& o) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      close(fds[0]);
-      try {
-        caf::actor_system_config cfg;
-        configure(cfg);
-        caf::actor_system sys{cfg};
-        node_system net{sys, o};
-        net.publish("victim", spawn_calc(sys));
-        const uint16_t p = net.port();
-        if (write(fds[1], &p, sizeof p) != sizeof p) _exit(2);
-        for (;;) pause();
-      } catch (...) {
-        _exit(3);
-      }
-    }
-    close(fds[1]);
-    const bool got = read(fds[0], &port, sizeof port) == sizeof port;
-    close(fds[0]);
-    REQUIRE(got);
-  }
-  ~child_node() {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
+  explicit child_node(bool shm, bool fast = false)
+      : proc("remote actors: child node*",
+             {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"), std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}),
+        pid(proc.pid) {
+    REQUIRE(test_child::read_all(proc.from, &port, sizeof port));
   }
 };
 
@@ -558,10 +535,28 @@ TEST_CASE("remote actors: remote_actor<T> with the wrong interface fails naming 
   CHECK(p.b.net->remote_actor<caf::actor>("a", "calc"));
 }
 
+// Run only as the child of the two cases below (child_node): a node that
+// publishes "victim", reports its port and lives until its parent lets go.
+TEST_CASE("remote actors: child node" * doctest::skip()) {
+  if (!test_child::is_child()) return;
+  ucx_node_options o = options("child", test_child::child_param("TROUPE_CHILD_SHM") == "1");
+  if (test_child::child_param("TROUPE_CHILD_FAST") == "1") o = fast_heartbeat(o);
+  caf::actor_system_config cfg;
+  configure(cfg);
+  caf::actor_system sys{cfg};
+  node_system net{sys, o};
+  auto victim = spawn_calc(sys);
+  net.publish("victim", victim);
+  const uint16_t port = net.port();
+  REQUIRE(test_child::write_all(test_child::report_fd, &port, sizeof port));
+  test_child::wait_for_parent();
+  caf::anon_send_exit(victim, caf::exit_reason::user_shutdown);
+}
+
 TEST_CASE("remote actors: down within 100 ms of SIGKILL of the remote node's process") {
   for (const bool shm : {false, true}) {
     CAPTURE(shm);
-    child_node child(options("child", shm));  // fork before this process builds its own node
+    child_node child(shm);
     node a(options("a", shm));
     REQUIRE(!a.net->connect("127.0.0.1", child.port, "child"));
     auto victim = a.net->remote_actor<calc_actor>("victim");
@@ -589,7 +584,7 @@ TEST_CASE("remote actors: down within 100 ms of SIGKILL of the remote node's pro
 }
 
 TEST_CASE("remote actors: down within the heartbeat timeout when the remote node falls silent (SIGSTOP)") {
-  child_node child(fast_heartbeat(options("child")));
+  child_node child(true, true);
   node a(fast_heartbeat(options("a")));
   REQUIRE(!a.net->connect("127.0.0.1", child.port, "child"));
   auto victim = a.net->remote_actor<calc_actor>("victim");

@@ -5,14 +5,11 @@
 // region, recv too small); timeouts; a peer killed or stopped in the middle;
 // descriptors through the wire codec; idle CPU. Every test ends by checking
 // that nothing is pending and registrations are back to zero. Peer processes
-// are forked before this process creates its own engine.
+// are this binary started again (tests/child_process.hpp).
 #include "transport/shared_host_memory.hpp"
 #include "transport/transfer_engine_ucx.hpp"
 
 #include <doctest/doctest.h>
-#include <spdlog/spdlog.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +17,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "../child_process.hpp"
 #include "transfer_engine_test_util.hpp"
 #include "transport/wire_codec.hpp"
 
@@ -174,88 +172,30 @@ void check_send_recv(transfer_engine& a, transfer_engine& b) {
   check_idle(b);
 }
 
-// An engine in a child process: it registers a region of `bytes` (pattern
-// seed 1), reports its descriptor through a pipe, learns this process's
-// address through another, and echoes every message tagged 1 back tagged 2.
+// An engine in a child process (the hidden case "transfer_engine ucx: child
+// engine"): it registers a region of `bytes` (pattern seed 1), reports its
+// descriptor, learns this process's address from tell(), and echoes every
+// message tagged 1 back tagged 2. It ends when this goes away.
 struct child_engine {
+  test_child::child_process proc;
   pid_t pid = -1;
   memory_descriptor region;
-  int to_child = -1;
 
   /// mapped: the region is a shared_host_buffer, which same-host peers map.
-  child_engine(bool shm, size_t bytes, std::chrono::milliseconds timeout = 10s, bool mapped = false) {
-    int up[2], down[2];
-    REQUIRE(pipe(up) == 0);
-    REQUIRE(pipe(down) == 0);
-    pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      close(up[0]);
-      close(down[1]);
-      try {
-        std::vector<unsigned char> memory = patterned(bytes, 1);
-        std::unique_ptr<shared_host_buffer> shared;
-        void* base = memory.data();
-        if (mapped) {
-          shared = std::make_unique<shared_host_buffer>(bytes);
-          std::memcpy(shared->data(), memory.data(), bytes);
-          base = shared->data();
-        }
-        auto te = transfer_engine_ucx(options("child", shm, timeout));
-        memory_descriptor d = te->register_memory(base, bytes);
-        const std::vector<char> packed = wire_pack(d);
-        const uint32_t len = static_cast<uint32_t>(packed.size());
-        if (write(up[1], &len, 4) != 4 || write(up[1], packed.data(), len) != static_cast<ssize_t>(len)) _exit(2);
-        uint32_t plen = 0;
-        if (read(down[0], &plen, 4) != 4) _exit(3);
-        std::vector<char> pbytes(plen);
-        if (read(down[0], pbytes.data(), plen) != static_cast<ssize_t>(plen)) _exit(3);
-        engine_address parent;
-        if (wire_unpack(pbytes, parent, nullptr) != errc::ok) _exit(4);
-        std::vector<unsigned char> buf(bytes);
-        for (;;) {
-          completion r;
-          te->recv(parent, 1, buf.data(), buf.size(), r.done());
-          r.wait(std::chrono::hours(1));
-          if (r.e != errc::ok) continue;
-          completion s;
-          te->send(parent, 2, buf.data(), r.bytes, s.done());
-          s.wait(std::chrono::hours(1));
-        }
-      } catch (const std::exception& e) {
-        spdlog::error("child engine failed: {}", e.what());
-        _exit(5);
-      }
-    }
-    close(up[1]);
-    close(down[0]);
-    to_child = down[1];
-    uint32_t len = 0;
-    REQUIRE(read(up[0], &len, 4) == 4);
-    std::vector<char> packed(len);
-    REQUIRE(read(up[0], packed.data(), len) == static_cast<ssize_t>(len));
-    close(up[0]);
-    REQUIRE(wire_unpack(packed, region, nullptr) == errc::ok);
+  child_engine(bool shm, size_t bytes, std::chrono::milliseconds timeout = 10s, bool mapped = false)
+      : proc("transfer_engine ucx: child engine*",
+             {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"), "TROUPE_CHILD_BYTES=" + std::to_string(bytes),
+              "TROUPE_CHILD_TIMEOUT_MS=" + std::to_string(timeout.count()),
+              std::string("TROUPE_CHILD_MAPPED=") + (mapped ? "1" : "0")}),
+        pid(proc.pid) {
+    REQUIRE(wire_unpack(test_child::read_frame(proc.from), region, nullptr) == errc::ok);
   }
   void tell(const engine_address& parent) {
     engine_address a = parent;
-    const std::vector<char> packed = wire_pack(a);
-    const uint32_t len = static_cast<uint32_t>(packed.size());
-    REQUIRE(write(to_child, &len, 4) == 4);
-    REQUIRE(write(to_child, packed.data(), len) == static_cast<ssize_t>(len));
+    REQUIRE(test_child::write_frame(proc.to, wire_pack(a)));
   }
   /// Kills it and returns once it is gone.
-  void kill_and_reap() {
-    if (pid <= 0) return;
-    REQUIRE(kill(pid, SIGKILL) == 0);
-    waitpid(pid, nullptr, 0);
-    pid = -1;
-  }
-  ~child_engine() {
-    if (pid > 0) kill_and_reap();
-    if (to_child >= 0) close(to_child);
-  }
+  void kill_and_reap() { proc.kill_and_reap(); }
 };
 
 }  // namespace
@@ -481,13 +421,46 @@ TEST_CASE("transfer_engine ucx: disconnect fails what is in flight; the next ope
   }
 }
 
+// Run only as the child of the cases below (child_engine).
+TEST_CASE("transfer_engine ucx: child engine" * doctest::skip()) {
+  if (!test_child::is_child()) return;
+  const bool shm = test_child::child_param("TROUPE_CHILD_SHM") == "1";
+  const bool mapped = test_child::child_param("TROUPE_CHILD_MAPPED") == "1";
+  const size_t bytes = std::stoull(test_child::child_param("TROUPE_CHILD_BYTES"));
+  const std::chrono::milliseconds timeout{std::stoll(test_child::child_param("TROUPE_CHILD_TIMEOUT_MS"))};
+  std::vector<unsigned char> memory = patterned(bytes, 1);
+  std::unique_ptr<shared_host_buffer> shared;
+  void* base = memory.data();
+  if (mapped) {
+    shared = std::make_unique<shared_host_buffer>(bytes);
+    std::memcpy(shared->data(), memory.data(), bytes);
+    base = shared->data();
+  }
+  auto te = transfer_engine_ucx(options("child", shm, timeout));
+  memory_descriptor d = te->register_memory(base, bytes);
+  REQUIRE(test_child::write_frame(test_child::report_fd, wire_pack(d)));
+  engine_address parent;
+  REQUIRE(wire_unpack(test_child::read_frame(0), parent, nullptr) == errc::ok);
+  test_child::exit_with_parent();  // ends the echo loop
+  std::vector<unsigned char> buf(bytes);
+  for (;;) {
+    completion r;
+    te->recv(parent, 1, buf.data(), buf.size(), r.done());
+    r.wait(std::chrono::hours(1));
+    if (r.e != errc::ok) continue;
+    completion s;
+    te->send(parent, 2, buf.data(), r.bytes, s.done());
+    s.wait(std::chrono::hours(1));
+  }
+}
+
 TEST_CASE("transfer_engine ucx: two processes, tcp, shared memory and a mapped buffer: read, write, send and recv") {
   for (const int mode : {0, 1, 2}) {  // tcp; shared memory (cma); shared memory with the region in a shared_host_buffer
     const bool shm = mode > 0, mapped = mode == 2;
     CAPTURE(shm);
     CAPTURE(mapped);
     const size_t big = 64u << 20;
-    child_engine child(shm, big + 7, 10s, mapped);  // fork before this process creates its engine
+    child_engine child(shm, big + 7, 10s, mapped);
     CHECK((child.region.mapped_fd >= 0) == mapped);
     auto a = transfer_engine_ucx(options("parent", shm));
     child.tell(a->address());

@@ -4,14 +4,12 @@
 // garbage-speaking and flooding raw TCP clients), dropped input (garbage, other version,
 // oversized), liveness (peer destroyed, peer process SIGKILLed idle or in the
 // middle of sending, or stopped) and the CPU an idle pair costs. Every node
-// listens on an ephemeral port; peer processes are forked before this process
-// creates its own node.
+// listens on an ephemeral port; peer processes are this binary started again
+// (tests/child_process.hpp).
 #include "transport/ucx_node.hpp"
 
 #include <doctest/doctest.h>
 #include <netinet/in.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
@@ -25,6 +23,7 @@
 #include <mutex>
 #include <thread>
 
+#include "../child_process.hpp"
 #include "transport/net_device.hpp"
 #include "transport/ucx_handshake.hpp"
 
@@ -131,53 +130,22 @@ double process_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-// A node in a child process; killed (SIGKILL) and reaped when this goes away.
-// With stream_bytes, once linked it sends envelopes of that size and small
-// ones to its peer without end.
+// A node in a child process (the hidden case "ucx_node: child node"),
+// reporting its port; with stream_bytes, once linked it sends envelopes of
+// that size and small ones to its peer without end. The child ends when this
+// goes away.
 struct child_node {
+  test_child::child_process proc;
   pid_t pid = -1;
   uint16_t port = 0;
 
-  explicit child_node(const ucx_node_options& o, size_t stream_bytes = 0) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      close(fds[0]);
-      try {
-        std::string peer;
-        std::atomic<bool> up{false};
-        ucx_node::handlers h;
-        h.on_link_up = [&](const std::string& node) {
-          peer = node;
-          up = true;
-        };
-        ucx_node n(o, h);
-        const uint16_t p = n.port();
-        if (write(fds[1], &p, sizeof p) != sizeof p) _exit(2);
-        if (stream_bytes == 0)
-          for (;;) pause();
-        while (!up) std::this_thread::sleep_for(1ms);
-        const wire_envelope big = envelope(1, stream_bytes), small = envelope(2, 1000);
-        for (;;) {  // paced below what tcp moves, so the queue stays short
-          n.send(peer, big);
-          n.send(peer, small);
-          std::this_thread::sleep_for(10ms);
-        }
-      } catch (...) {
-        _exit(3);
-      }
-    }
-    close(fds[1]);
-    const bool got = read(fds[0], &port, sizeof port) == sizeof port;
-    close(fds[0]);
-    REQUIRE(got);
-  }
-  ~child_node() {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
+  explicit child_node(bool shm, size_t stream_bytes = 0, bool fast = false)
+      : proc("ucx_node: child node*",
+             {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"),
+              "TROUPE_CHILD_STREAM_BYTES=" + std::to_string(stream_bytes),
+              std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}),
+        pid(proc.pid) {
+    REQUIRE(test_child::read_all(proc.from, &port, sizeof port));
   }
 };
 
@@ -500,10 +468,49 @@ TEST_CASE("ucx_node: envelopes sent just before a node is destroyed arrive befor
   }
 }
 
+// Run only as the child of the cases below (child_node).
+TEST_CASE("ucx_node: child node" * doctest::skip()) {
+  if (!test_child::is_child()) return;
+  ucx_node_options o = options("child", test_child::child_param("TROUPE_CHILD_SHM") == "1");
+  if (test_child::child_param("TROUPE_CHILD_FAST") == "1") {
+    o.heartbeat_interval = 50ms;
+    o.heartbeat_timeout = 300ms;
+  }
+  const size_t stream_bytes = std::stoull(test_child::child_param("TROUPE_CHILD_STREAM_BYTES", "0"));
+  std::mutex mu;
+  std::string peer;
+  std::atomic<bool> up{false};
+  ucx_node::handlers h;
+  h.on_link_up = [&](const std::string& node) {
+    std::lock_guard<std::mutex> lock(mu);
+    peer = node;
+    up = true;
+  };
+  ucx_node n(o, h);
+  const uint16_t port = n.port();
+  REQUIRE(test_child::write_all(test_child::report_fd, &port, sizeof port));
+  if (stream_bytes == 0) {
+    test_child::wait_for_parent();
+    return;
+  }
+  test_child::exit_with_parent();  // ends the loop below
+  while (!up) std::this_thread::sleep_for(1ms);
+  const wire_envelope big = envelope(1, stream_bytes), small = envelope(2, 1000);
+  const std::string to = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return peer;
+  }();
+  for (;;) {  // paced below what tcp moves, so the queue stays short
+    n.send(to, big);
+    n.send(to, small);
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
 TEST_CASE("ucx_node: link_down within 100 ms when the peer process is killed (SIGKILL)") {
   for (const bool shm : {false, true}) {
     CAPTURE(shm);
-    child_node child(options("child", shm));  // fork before this process creates its node
+    child_node child(shm);
     recorder r;
     ucx_node a(options("a", shm), r.handlers());
     REQUIRE(a.connect("127.0.0.1", child.port, "child") == errc::ok);
@@ -529,7 +536,7 @@ TEST_CASE("ucx_node: a peer killed in the middle of sending large envelopes does
   // the check that this process survived.
   for (int round = 0; round < 3; ++round) {
     CAPTURE(round);
-    child_node child(options("child"), 16u << 20);
+    child_node child(true, 16u << 20);
     recorder r;
     ucx_node a(options("a"), r.handlers());
     REQUIRE(a.connect("127.0.0.1", child.port, "child") == errc::ok);
@@ -546,7 +553,7 @@ TEST_CASE("ucx_node: a stopped peer process is declared down by the heartbeat ti
     o.heartbeat_timeout = 300ms;
     return o;
   };
-  child_node child(fast(options("child")));
+  child_node child(true, 0, true);
   recorder r;
   ucx_node a(fast(options("a")), r.handlers());
   REQUIRE(a.connect("127.0.0.1", child.port, "child") == errc::ok);
