@@ -3,13 +3,13 @@
 // neither listed nor run on its own). A fresh image, not a plain fork(): a
 // child forked from a process that has used UCX, CAF or CUDA inherits their
 // locks in whatever state other threads left them, and UCX's memory hooks
-// then hang the child's first ucp_init now and then (seen in CI: about one
-// run in a hundred).
+// then hung the child's first ucp_init now and then (seen in CI; here about
+// one run in a hundred of a test that forked twice).
 //
 // The parent talks to the child through two pipes: the child reports on fd 3
-// (child_report_fd()) and reads its stdin, whose end (the parent closing it,
-// or dying) tells the child to finish (wait_for_parent()). Parameters travel
-// in the child's environment (child_param()).
+// (report_fd) and reads its stdin, whose end (the parent closing it, or
+// dying) tells the child to finish (wait_for_parent()). Parameters travel in
+// the child's environment (child_param()).
 #pragma once
 
 #include <doctest/doctest.h>
