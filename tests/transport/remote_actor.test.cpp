@@ -181,13 +181,11 @@ bool is_error(const caf::error& e, caf::exit_reason code) {
 /// publishes "victim" and lives until this goes away.
 struct child_node {
   test_child::child_process proc;
-  pid_t pid = -1;
   uint16_t port = 0;
 
   explicit child_node(bool shm, bool fast = false)
       : proc("remote actors: child node*",
-             {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"), std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}),
-        pid(proc.pid) {
+             {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"), std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}) {
     REQUIRE(test_child::read_all(proc.from, &port, sizeof port));
   }
 };
@@ -568,7 +566,7 @@ TEST_CASE("remote actors: down within 100 ms of SIGKILL of the remote node's pro
         .receive([&](int32_t r) { sum = r; }, [&](caf::error& e) { FAIL(a.render(e)); });
     REQUIRE(sum == 3);
     const auto t0 = steady::now();
-    REQUIRE(kill(child.pid, SIGKILL) == 0);
+    REQUIRE(kill(child.proc.pid, SIGKILL) == 0);
     double ms = -1;
     caf::error reason;
     self->receive([&](caf::down_msg& dm) { ms = ms_since(t0), reason = dm.reason; },
@@ -593,7 +591,7 @@ TEST_CASE("remote actors: down within the heartbeat timeout when the remote node
   self->monitor(*victim);
   std::this_thread::sleep_for(500ms);  // longer than the timeout: heartbeats keep it up
   const auto t0 = steady::now();
-  REQUIRE(kill(child.pid, SIGSTOP) == 0);
+  REQUIRE(kill(child.proc.pid, SIGSTOP) == 0);
   double ms = -1;
   caf::error reason;
   self->receive([&](caf::down_msg& dm) { ms = ms_since(t0), reason = dm.reason; },

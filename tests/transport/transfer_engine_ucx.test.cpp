@@ -178,7 +178,6 @@ void check_send_recv(transfer_engine& a, transfer_engine& b) {
 // message tagged 1 back tagged 2. It ends when this goes away.
 struct child_engine {
   test_child::child_process proc;
-  pid_t pid = -1;
   memory_descriptor region;
 
   /// mapped: the region is a shared_host_buffer, which same-host peers map.
@@ -186,8 +185,7 @@ struct child_engine {
       : proc("transfer_engine ucx: child engine*",
              {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"), "TROUPE_CHILD_BYTES=" + std::to_string(bytes),
               "TROUPE_CHILD_TIMEOUT_MS=" + std::to_string(timeout.count()),
-              std::string("TROUPE_CHILD_MAPPED=") + (mapped ? "1" : "0")}),
-        pid(proc.pid) {
+              std::string("TROUPE_CHILD_MAPPED=") + (mapped ? "1" : "0")}) {
     REQUIRE(wire_unpack(test_child::read_frame(proc.from), region, nullptr) == errc::ok);
   }
   void tell(const engine_address& parent) {
@@ -465,7 +463,7 @@ TEST_CASE("transfer_engine ucx: two processes, tcp, shared memory and a mapped b
     auto a = transfer_engine_ucx(options("parent", shm));
     child.tell(a->address());
     const memory_descriptor& d = child.region;
-    CHECK(d.owner.pid == static_cast<uint32_t>(child.pid));
+    CHECK(d.owner.pid == static_cast<uint32_t>(child.proc.pid));
     std::vector<unsigned char> expect = patterned(big + 7, 1);  // the child's region as this test changes it
     for (const size_t n : {size_t{1}, size_t{4096}, big}) {
       CAPTURE(n);
@@ -525,7 +523,7 @@ TEST_CASE("transfer_engine ucx: a peer process killed in the middle fails the op
     }
     std::this_thread::sleep_for(5ms);
     const auto t0 = steady::now();
-    REQUIRE(kill(child.pid, SIGKILL) == 0);
+    REQUIRE(kill(child.proc.pid, SIGKILL) == 0);
     int failed = 0;
     for (auto& c : cs) {
       REQUIRE(c->wait(5s));
@@ -555,7 +553,7 @@ TEST_CASE("transfer_engine ucx: a stopped peer process is answered by the timeou
   std::vector<unsigned char> buf(64u << 20);
   CHECK(run([&](transfer_done done) { a->read(child.region, 0, buf.data(), 10, std::move(done)); }).first ==
         errc::ok);
-  REQUIRE(kill(child.pid, SIGSTOP) == 0);
+  REQUIRE(kill(child.proc.pid, SIGSTOP) == 0);
   std::this_thread::sleep_for(50ms);  // stopped for sure
   const auto t0 = steady::now();
   completion small, large, w;
@@ -570,7 +568,7 @@ TEST_CASE("transfer_engine ucx: a stopped peer process is answered by the timeou
     CHECK(ms >= 390.0);
     CHECK(ms < 1500.0);
   }
-  kill(child.pid, SIGCONT);
+  kill(child.proc.pid, SIGCONT);
   check_idle(*a);
 }
 

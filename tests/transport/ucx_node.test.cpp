@@ -136,15 +136,13 @@ double process_cpu_seconds() {
 // goes away.
 struct child_node {
   test_child::child_process proc;
-  pid_t pid = -1;
   uint16_t port = 0;
 
   explicit child_node(bool shm, size_t stream_bytes = 0, bool fast = false)
       : proc("ucx_node: child node*",
              {std::string("TROUPE_CHILD_SHM=") + (shm ? "1" : "0"),
               "TROUPE_CHILD_STREAM_BYTES=" + std::to_string(stream_bytes),
-              std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}),
-        pid(proc.pid) {
+              std::string("TROUPE_CHILD_FAST=") + (fast ? "1" : "0")}) {
     REQUIRE(test_child::read_all(proc.from, &port, sizeof port));
   }
 };
@@ -517,7 +515,7 @@ TEST_CASE("ucx_node: link_down within 100 ms when the peer process is killed (SI
     REQUIRE(r.wait([&] { return !r.ups.empty(); }));
     REQUIRE(eventually([&] { return a.counters().shared_memory_endpoints == (shm ? 1u : 0u); }, 2s));
     const auto t0 = steady::now();
-    REQUIRE(kill(child.pid, SIGKILL) == 0);
+    REQUIRE(kill(child.proc.pid, SIGKILL) == 0);
     REQUIRE(r.wait([&] { return !r.downs.empty(); }, 5s));
     const auto ms = std::chrono::duration<double, std::milli>(r.down_at - t0).count();
     MESSAGE("link_down after SIGKILL of the peer process (shm=" << shm << "): " << ms << " ms, reason '"
@@ -541,7 +539,7 @@ TEST_CASE("ucx_node: a peer killed in the middle of sending large envelopes does
     ucx_node a(options("a"), r.handlers());
     REQUIRE(a.connect("127.0.0.1", child.port, "child") == errc::ok);
     REQUIRE(r.wait([&] { return r.messages.size() >= static_cast<size_t>(4 + 3 * round); }));
-    REQUIRE(kill(child.pid, SIGKILL) == 0);
+    REQUIRE(kill(child.proc.pid, SIGKILL) == 0);
     REQUIRE(r.wait([&] { return !r.downs.empty(); }, 5s));
     CHECK(a.counters().received_rendezvous >= 1);
   }
@@ -561,7 +559,7 @@ TEST_CASE("ucx_node: a stopped peer process is declared down by the heartbeat ti
   std::this_thread::sleep_for(500ms);  // longer than the timeout: heartbeats keep the link up
   CHECK(r.downs.empty());
   const auto t0 = steady::now();
-  REQUIRE(kill(child.pid, SIGSTOP) == 0);  // alive, sockets open, silent
+  REQUIRE(kill(child.proc.pid, SIGSTOP) == 0);  // alive, sockets open, silent
   REQUIRE(r.wait([&] { return !r.downs.empty(); }, 3s));
   const auto ms = std::chrono::duration<double, std::milli>(r.down_at - t0).count();
   MESSAGE("link_down after SIGSTOP of the peer: " << ms << " ms (timeout 300 ms), reason '" << r.downs[0].second
